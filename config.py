@@ -1,0 +1,90 @@
+"""The one settings object: environment variables prefixed PARTNERFLOW_, nested with __.
+
+Read once per process (`get_settings()`); the API copies `policy` into each workflow's input so a
+running workflow keeps the policy it started with. Workflow code never imports this module.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.policy import Policy
+
+DEVELOPMENT_JWT_SECRET = "partnerflow-development-secret-change-me!"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class RateLimit(BaseModel):
+    """R-X-1: per-caller token bucket; over it the API answers 429 with Retry-After."""
+
+    requests_per_second: float = 50.0
+    burst: int = 100
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARTNERFLOW_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    env: Environment = Environment.development
+    data_dir: Path = Path(".data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite under the data dir"
+    )
+    temporal_address: str | None = Field(
+        default=None, description="host:port of the Temporal frontend; default 127.0.0.1:TEMPORAL_PORT"
+    )
+    temporal_namespace: str = "default"
+    task_queue: str = "partnerflow"
+    jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    api_port: int = 8000
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    smtp_url: str | None = Field(
+        default=None, description="smtp://user:pass@host:port; unset: notifications are logged"
+    )
+    mail_from: str = "partnerflow@partners.example"
+    mail_domain: str = Field(
+        default="partners.example", description="domain for staff ids that are not addresses"
+    )
+    update_timeout_seconds: float = Field(
+        default=15.0, description="how long the API waits for a worker to answer a decision"
+    )
+    max_body_bytes: int = 256 * 1024
+    rate_limit: RateLimit = RateLimit()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _refuse_development_secret_in_production(self) -> Self:
+        if self.env is Environment.production and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
+            raise ValueError(
+                "PARTNERFLOW_JWT_SECRET still holds the development value; set a real secret"
+            )
+        if len(self.jwt_secret) < 32:
+            raise ValueError("PARTNERFLOW_JWT_SECRET must be at least 32 characters for HS256")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'partnerflow.db').resolve()}"
+
+    @property
+    def resolved_temporal_address(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,59 @@
+"""Business refusals, one code each, shared by workflows (as ApplicationError types) and the API.
+
+A workflow refuses with `refuse(code, message)`; the API maps the error's type back to the HTTP
+status below, so a reviewer hears the same code from a validator as from a route.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from temporalio.exceptions import ApplicationError
+
+# code -> HTTP status. Every code a caller can receive is listed here, and only here.
+STATUS_BY_CODE: dict[str, int] = {
+    # generic
+    "PF.BAD_REQUEST": 400,
+    "PF.MALFORMED_JSON": 400,
+    "PF.UNAUTHENTICATED": 401,
+    "PF.FORBIDDEN": 403,
+    "PF.NOT_FOUND": 404,
+    "PF.METHOD_NOT_ALLOWED": 405,
+    "PF.CONFLICT": 409,
+    "PF.PAYLOAD_TOO_LARGE": 413,
+    "PF.VALIDATION_FAILED": 422,
+    "PF.IDEMPOTENCY_KEY_REUSED": 422,
+    "PF.RATE_LIMITED": 429,
+    "PF.INTERNAL": 500,
+    "PF.UNAVAILABLE": 503,
+    "PF.WORKER_UNAVAILABLE": 503,
+    # reference data
+    "PF.PARTNER_NOT_REGISTERED": 403,
+    # processes and tasks
+    "PF.PROCESS_CLOSED": 409,
+    "PF.ALREADY_EXISTS": 409,
+    "PF.TASK_NOT_FOUND": 404,
+    "PF.TASK_NOT_OPEN": 409,
+    "PF.NOT_ASSIGNEE": 403,
+    "PF.SELF_DECISION": 403,
+    "PF.INVALID_OUTCOME": 422,
+    "PF.COMMENT_REQUIRED": 422,
+    "PF.INVALID_DATA": 422,
+    "PF.WRONG_STATE": 409,
+    "PF.NOT_OWNER": 403,
+    # opportunities
+    "PF.OPPORTUNITY_EXISTS": 409,
+    "PF.DUPLICATE_OF_APPROVED": 409,
+    "PF.CRITERIA_NOT_MET": 422,
+    "PF.INVALID_STAGE": 409,
+}
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code, 400 if code.startswith("PF.") else 500)
+
+
+def refuse(code: str, message: str, **details: Any) -> NoReturn:
+    """Raise the business refusal `code`: non-retryable, so it never loops a workflow task."""
+    assert code in STATUS_BY_CODE, f"unregistered error code {code}"
+    raise ApplicationError(message, details or None, type=code, non_retryable=True)

@@ -1,0 +1,235 @@
+"""Partner opportunity (PO) shapes and pure rules: R-PO-1, R-PO-4 matching, R-PO-7, R-PO-10, R-PO-11."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from domain.policy import Policy
+from domain.principal import Principal, Role
+from domain.tasks import OutcomeSpec, TaskKind
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# R-PO-1: CNY, > 0, two decimals. Strings in JSON; floats never reach a calculation.
+Amount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2, allow_inf_nan=False)]
+
+
+class OpportunityStatus(StrEnum):
+    submitted = "submitted"
+    dispatching = "dispatching"
+    in_review = "in_review"
+    returned = "returned"
+    approved = "approved"
+    rejected = "rejected"
+    cancelled = "cancelled"
+    won = "won"
+    lost = "lost"
+    delivered = "delivered"
+
+
+FINAL_STATUSES = frozenset(
+    {OpportunityStatus.rejected, OpportunityStatus.cancelled, OpportunityStatus.lost,
+     OpportunityStatus.delivered}
+)
+UNDECIDED_STATUSES = frozenset(
+    {OpportunityStatus.submitted, OpportunityStatus.dispatching, OpportunityStatus.in_review,
+     OpportunityStatus.returned}
+)
+# R-PO-11: an approved PO moves on; delivered makes it eligible for an incentive (R-INC-1).
+STAGE_MOVES: dict[OpportunityStatus, frozenset[OpportunityStatus]] = {
+    OpportunityStatus.approved: frozenset({OpportunityStatus.won, OpportunityStatus.lost}),
+    OpportunityStatus.won: frozenset({OpportunityStatus.delivered, OpportunityStatus.lost}),
+}
+
+
+class OpportunityCreate(BaseModel):
+    """What a partner may send (R-PO-1). Unknown fields such as status or partner_id are ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_name": "Hangzhou Lakeside Logistics",
+                    "project_name": "Warehouse data platform",
+                    "offerings": ["ecs", "rds"],
+                    "amount": "1250000.00",
+                    "region": "east-china",
+                    "industry": "logistics",
+                    "expected_close_date": "2027-03-31",
+                }
+            ]
+        },
+    )
+
+    customer_name: Name
+    project_name: Name
+    offerings: list[Code] = Field(default_factory=list, max_length=50)
+    amount: Amount
+    region: Code | None = None
+    industry: Code | None = None
+    expected_close_date: date
+
+
+class OpportunityProgress(BaseModel):
+    """PATCH body (R-PO-9, R-PO-11): stage and the editable fields, all optional."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"stage": "won", "amount": "1300000.00"}]},
+    )
+
+    stage: Literal["won", "lost", "delivered"] | None = None
+    customer_name: Name | None = None
+    project_name: Name | None = None
+    offerings: list[Code] | None = Field(default=None, max_length=50)
+    amount: Amount | None = None
+    expected_close_date: date | None = None
+
+
+class ReviewCriteria(BaseModel):
+    """R-PO-10: what the PDM checked, pass (true) or fail (false) each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_real: bool
+    project_real: bool
+    partner_role: bool
+    offering: bool
+
+    @property
+    def all_passed(self) -> bool:
+        return all((self.customer_real, self.project_real, self.partner_role, self.offering))
+
+
+class ReviewData(BaseModel):
+    criteria: ReviewCriteria
+
+
+class OptionalReviewData(BaseModel):
+    criteria: ReviewCriteria | None = None
+
+
+class DispatchData(BaseModel):
+    pdm: Code
+
+
+PO_DISPATCH = TaskKind(
+    name="po.dispatch",
+    outcomes={"dispatch": OutcomeSpec(data_model=DispatchData)},
+    reassign_roles=frozenset({Role.dispatcher, Role.ops_admin}),
+)
+PO_REVIEW = TaskKind(
+    name="po.review",
+    outcomes={
+        "approve": OutcomeSpec(data_model=ReviewData),
+        "reject": OutcomeSpec(comment_required=True, data_model=OptionalReviewData),
+        "return": OutcomeSpec(comment_required=True, data_model=OptionalReviewData),
+    },
+    reassign_roles=frozenset({Role.dispatcher, Role.ops_admin}),
+)
+PO_TASK_KINDS = {kind.name: kind for kind in (PO_DISPATCH, PO_REVIEW)}
+
+
+class Decision(BaseModel):
+    outcome: str
+    by: str
+    at: datetime
+    comment: str | None = None
+    criteria: ReviewCriteria | None = None
+
+
+class OpportunityView(BaseModel):
+    """What the portal sees (OpportunityPublic)."""
+
+    id: str
+    partner_id: str
+    status: OpportunityStatus
+    customer_name: str
+    project_name: str
+    offerings: list[str]
+    amount: Decimal
+    region: str | None
+    industry: str | None
+    expected_close_date: date
+    assignee: str | None = None
+    psm: str | None = None
+    duplicate_of: str | None = None
+    offering_unmatched: bool = False
+    decision: Decision | None = None
+    open_task_id: str | None = None
+    submitted_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class OpportunityReviewInput(BaseModel):
+    po_id: str
+    partner_id: str
+    submitted_by: str
+    opportunity: OpportunityCreate
+    policy: Policy
+
+
+class CancelOpportunity(BaseModel):
+    actor: Principal
+    reason: str | None = Field(default=None, max_length=4000)
+
+
+class ResubmitOpportunity(BaseModel):
+    actor: Principal
+    opportunity: OpportunityCreate
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class UpdateProgress(BaseModel):
+    actor: Principal
+    progress: OpportunityProgress
+
+
+class RouteRequest(BaseModel):
+    partner_id: str
+    region: str | None
+    industry: str | None
+    offerings: list[str]
+
+
+class RouteResult(BaseModel):
+    pdm: str | None
+    psm: str | None
+    offering_unmatched: bool
+
+
+class DuplicateQuery(BaseModel):
+    po_id: str
+    partner_id: str
+    match_key: str
+    approved_only: bool = False
+
+
+_NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+def match_key(customer_name: str, project_name: str) -> str:
+    """R-PO-4's normalised (customer, project): width, case, spaces and punctuation folded."""
+
+    def norm(text: str) -> str:
+        return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+    return f"{norm(customer_name)}|{norm(project_name)}"
+
+
+def claim_key(partner_id: str, body: OpportunityCreate) -> str:
+    """One open PO per partner and (customer, project): a second start of the same PO is refused."""
+    return f"{partner_id}|{match_key(body.customer_name, body.project_name)}"
+
+
+def jsonable(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,58 @@
+"""Process policy: durations, caps and limits, carried in each workflow's input.
+
+Durations are ISO 8601 strings (P5D, P12M, PT10S); months are calendar months, so
+31 Jan + P1M = 28/29 Feb. Pure code: safe to import from workflows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import isodate
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _parse(text: str) -> timedelta | isodate.Duration:
+    try:
+        value = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError) as exc:
+        raise ValueError(f"not an ISO 8601 duration: {text!r}") from exc
+    probe = datetime(2000, 1, 1)
+    if probe + value <= probe:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return value
+
+
+def _validate_duration(text: str) -> str:
+    _parse(text)
+    return text
+
+
+IsoDuration = Annotated[str, AfterValidator(_validate_duration)]
+
+
+def add_duration(moment: datetime, duration: str) -> datetime:
+    """`moment` plus an ISO 8601 duration, calendar-aware (P1M from 31 Jan is end of February)."""
+    result: datetime = moment + _parse(duration)
+    return result
+
+
+def subtract_duration(moment: datetime, duration: str) -> datetime:
+    result: datetime = moment - _parse(duration)
+    return result
+
+
+def halfway(start: datetime, end: datetime) -> datetime:
+    return start + (end - start) / 2
+
+
+class Policy(BaseModel):
+    """Defaults are DESIGN §1's; every one is configurable (PARTNERFLOW_POLICY__...)."""
+
+    po_review_sla: IsoDuration = "P5D"
+    cert_validity: IsoDuration = "P12M"
+    recert_window: IsoDuration = "P60D"
+    payout_sla: IsoDuration = "P15D"
+    invite_ttl: IsoDuration = "P7D"
+    incentive_apps_per_month: int = Field(default=5, ge=1)

@@ -1,0 +1,148 @@
+"""The human task: every wait on a person in every process is one of these.
+
+The data shapes and the pure rules for completing a task (who may, which outcomes, what data)
+live here so the workflow validators and the API agree; the waiting itself (reminder at half
+the SLA, escalation on breach) lives in `workflows.human_task`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from domain.errors import refuse
+from domain.principal import Principal, Role
+
+
+class TaskStatus(StrEnum):
+    open = "open"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+class OutcomeSpec(BaseModel):
+    comment_required: bool = False
+    data_model: type[BaseModel] | None = None
+
+
+class TaskKind(BaseModel):
+    """A kind of task: its outcomes and who may move it to another person."""
+
+    name: str
+    outcomes: dict[str, OutcomeSpec]
+    reassign_roles: frozenset[Role] = frozenset({Role.ops_admin})
+
+    model_config = {"arbitrary_types_allowed": True}
+
+
+class HumanTask(BaseModel):
+    id: str
+    kind: str
+    process: str
+    process_id: str
+    partner_id: str | None = None
+    assignee: str | None = None
+    candidate_role: Role | None = None
+    status: TaskStatus = TaskStatus.open
+    created_at: datetime
+    due_at: datetime | None = None
+    remind_at: datetime | None = None
+    reminded: bool = False
+    escalated: bool = False
+    escalate_to_role: Role | None = None
+    submitted_by: str | None = None
+    outcome: str | None = None
+    completed_by: str | None = None
+    completed_at: datetime | None = None
+    comment: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def who(self) -> str:
+        return self.assignee or f"any {self.candidate_role}"
+
+    def next_deadline(self) -> datetime | None:
+        if self.status is not TaskStatus.open:
+            return None
+        if self.remind_at is not None and not self.reminded:
+            return self.remind_at
+        if self.due_at is not None and not self.escalated:
+            return self.due_at
+        return None
+
+
+class CompleteTask(BaseModel):
+    """Body of the `complete_task` Update every process workflow accepts."""
+
+    task_id: str
+    actor: Principal
+    outcome: str
+    comment: str | None = Field(default=None, max_length=4000)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReassignTask(BaseModel):
+    task_id: str
+    actor: Principal
+    assignee: str = Field(min_length=1, max_length=128)
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def may_act_on(task: HumanTask, actor: Principal) -> bool:
+    if task.assignee is not None:
+        return actor.sub == task.assignee
+    return task.candidate_role is not None and actor.has(task.candidate_role)
+
+
+def check_completion(task: HumanTask | None, kind: TaskKind, cmd: CompleteTask) -> BaseModel | None:
+    """Refuse (raise) unless `cmd` may complete `task`; return its parsed `data`, if the outcome has a model.
+
+    Order matters for callers: existence, then state, then who, then what.
+    """
+    if task is None:
+        refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
+    if task.status is not TaskStatus.open:
+        refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
+    if not may_act_on(task, cmd.actor):
+        refuse("PF.NOT_ASSIGNEE", f"task {task.id} is assigned to {task.who}")
+    # R-X-5 separation of duties
+    if task.submitted_by is not None and cmd.actor.sub == task.submitted_by:
+        refuse("PF.SELF_DECISION", "nobody decides on an item they submitted")
+    if task.partner_id is not None and cmd.actor.partner_id == task.partner_id:
+        refuse("PF.SELF_DECISION", "nobody decides on an item of the partner they belong to")
+    spec = kind.outcomes.get(cmd.outcome)
+    if spec is None:
+        refuse(
+            "PF.INVALID_OUTCOME",
+            f"{cmd.outcome!r} is not an outcome of {task.kind}",
+            allowed=sorted(kind.outcomes),
+        )
+    if spec.comment_required and not (cmd.comment and cmd.comment.strip()):
+        refuse("PF.COMMENT_REQUIRED", f"outcome {cmd.outcome!r} needs a comment")
+    if spec.data_model is None:
+        return None
+    try:
+        return spec.data_model.model_validate(cmd.data)
+    except ValidationError as exc:
+        refuse(
+            "PF.INVALID_DATA",
+            f"data for outcome {cmd.outcome!r} is not valid",
+            errors=[
+                {"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()
+            ],
+        )
+
+
+def check_reassign(task: HumanTask | None, kind: TaskKind, cmd: ReassignTask) -> None:
+    if task is None:
+        refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
+    if task.status is not TaskStatus.open:
+        refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
+    if not cmd.actor.has(*kind.reassign_roles):
+        refuse(
+            "PF.FORBIDDEN",
+            f"only {', '.join(sorted(kind.reassign_roles))} may reassign {task.kind} tasks",
+        )

@@ -1,0 +1,194 @@
+"""The tables: reference data, the read model, the audit trail, the outbox and request records.
+
+The read model (`processes`, `tasks`) is written only by `store.readmodel.apply_transition`, run
+from workflow activities; reference data only by the admin routes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(nullable: bool = False) -> Any:
+    return Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=nullable))
+
+
+def _ts(nullable: bool = False) -> Any:
+    column = sa.Column(sa.DateTime(timezone=True), nullable=nullable)
+    if nullable:
+        return Field(default=None, sa_column=column)
+    return Field(default_factory=utcnow, sa_column=column)
+
+
+# --- reference data -------------------------------------------------------------------------
+
+
+class Partner(SQLModel, table=True):
+    __tablename__ = "partners"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=32)
+    tier: str | None = Field(default=None, max_length=32)
+    region: str | None = Field(default=None, max_length=64)
+    business_info_certified: bool = False
+    contact_email: str | None = Field(default=None, max_length=254)
+    updated_at: datetime = _ts()
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+
+    id: str = Field(primary_key=True, max_length=64)
+    enterprise_verified: bool = False
+    real_name_verified: bool = False
+    site: str = Field(default="china", max_length=16)
+    associated_partner_id: str | None = Field(default=None, max_length=64, index=True)
+    email: str | None = Field(default=None, max_length=254)
+    updated_at: datetime = _ts()
+
+
+class RoutingRule(SQLModel, table=True):
+    __tablename__ = "routing_rules"
+
+    id: int | None = Field(default=None, primary_key=True)
+    partner_id: str | None = Field(default=None, max_length=64)
+    region: str | None = Field(default=None, max_length=64)
+    industry: str | None = Field(default=None, max_length=64)
+    pdm: str = Field(max_length=128)
+    psm: str | None = Field(default=None, max_length=128)
+    position: int = 0
+
+
+class Offering(SQLModel, table=True):
+    __tablename__ = "offerings"
+
+    code: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+
+
+# --- read model -----------------------------------------------------------------------------
+
+
+class ProcessRow(SQLModel, table=True):
+    """One row per process instance (a PO, a certification, ...); `view` is its public shape."""
+
+    __tablename__ = "processes"
+    __table_args__ = (
+        sa.Index("ix_processes_match", "process", "match_key", "status"),
+        sa.Index("ix_processes_partner", "partner_id", "process", "updated_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=200)
+    process: str = Field(max_length=32)
+    partner_id: str | None = Field(default=None, max_length=64)
+    status: str = Field(max_length=32)
+    submitted_by: str | None = Field(default=None, max_length=128)
+    match_key: str | None = Field(default=None, max_length=500)
+    version: int
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    view: dict[str, Any] = _json()
+
+
+class TaskRow(SQLModel, table=True):
+    """The inbox. Indexes serve its three ways in: by person, by role, by partner."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.Index("ix_tasks_assignee", "status", "assignee", "due_at", "id"),
+        sa.Index("ix_tasks_role", "status", "candidate_role", "due_at", "id"),
+        sa.Index("ix_tasks_escalation", "status", "escalate_to_role", "due_at", "id"),
+        sa.Index("ix_tasks_partner", "partner_id", "status", "due_at", "id"),
+        sa.Index("ix_tasks_due", "status", "due_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=220)
+    kind: str = Field(max_length=32, index=True)
+    process: str = Field(max_length=32)
+    process_id: str = Field(max_length=200, index=True)
+    partner_id: str | None = Field(default=None, max_length=64)
+    assignee: str | None = Field(default=None, max_length=128)
+    candidate_role: str | None = Field(default=None, max_length=32)
+    escalate_to_role: str | None = Field(default=None, max_length=32)
+    status: str = Field(max_length=16)
+    escalated: bool = False
+    outcome: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _ts()
+    due_at: datetime | None = _ts(nullable=True)
+    version: int = 0
+    body: dict[str, Any] = _json()
+
+
+class AuditEvent(SQLModel, table=True):
+    """R-X-3: who, when, what, comment. Unique per (process, version, position): written once."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (sa.UniqueConstraint("subject_id", "version", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject_id: str = Field(max_length=200, index=True)
+    version: int
+    position: int
+    at: datetime = _ts()
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=64)
+    comment: str | None = None
+    task_id: str | None = Field(default=None, max_length=220)
+    details: dict[str, Any] = _json()
+
+
+class OutboxMessage(SQLModel, table=True):
+    """R-X-4: one row per notification event (`event_key` unique); the sender delivers each once."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_pending", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_key: str = Field(max_length=260, unique=True)
+    recipient: str = Field(max_length=254)
+    subject: str = Field(max_length=300)
+    body: str
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime = _ts()
+    next_attempt_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+# --- request bookkeeping --------------------------------------------------------------------
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """R-X-6: the first answer to a POST with an Idempotency-Key, replayed for repeats."""
+
+    __tablename__ = "idempotency_records"
+
+    scope: str = Field(primary_key=True, max_length=64)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class Claim(SQLModel, table=True):
+    """A business key held by one process (e.g. one open PO per partner, customer and project)."""
+
+    __tablename__ = "claims"
+
+    scope: str = Field(primary_key=True, max_length=32)
+    key: str = Field(primary_key=True, max_length=600)
+    owner_id: str = Field(max_length=200)
+    created_at: datetime = _ts()

@@ -1,0 +1,181 @@
+"""The read model's one writer, and the look-ups activities make against it and reference data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from domain.opportunity import (
+    FINAL_STATUSES,
+    DuplicateQuery,
+    OpportunityStatus,
+    RouteRequest,
+    RouteResult,
+)
+from domain.projection import Transition
+from store.models import AuditEvent, Offering, OutboxMessage, ProcessRow, RoutingRule, TaskRow
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    if session.bind.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def notification_key(process_id: str, version: int, position: int) -> str:
+    return f"{process_id}:{version}:{position}"
+
+
+async def apply_transition(session: AsyncSession, t: Transition) -> None:
+    """Write one transition: process row, its tasks, audit rows, outbox rows. Idempotent.
+
+    Rows move only forward (`version`), audit rows and outbox rows are keyed by the transition's
+    version, so a retried or replayed activity leaves the store as one run would.
+    """
+    rec = t.record
+    row = {
+        "id": rec.id,
+        "process": rec.process,
+        "partner_id": rec.partner_id,
+        "status": rec.status,
+        "submitted_by": rec.submitted_by,
+        "match_key": rec.match_key,
+        "version": rec.version,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+        "view": rec.view,
+    }
+    stmt = _insert(session, ProcessRow).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={k: stmt.excluded[k] for k in row if k not in ("id", "created_at")},
+        where=col(ProcessRow.version) <= stmt.excluded.version,
+    )
+    await session.execute(stmt)
+
+    for task in t.tasks:
+        task_row = {
+            "id": task.id,
+            "kind": task.kind,
+            "process": task.process,
+            "process_id": task.process_id,
+            "partner_id": task.partner_id,
+            "assignee": task.assignee,
+            "candidate_role": task.candidate_role,
+            "escalate_to_role": task.escalate_to_role if task.escalated else None,
+            "status": task.status,
+            "escalated": task.escalated,
+            "outcome": task.outcome,
+            "created_at": task.created_at,
+            "due_at": task.due_at,
+            "version": rec.version,
+            "body": task.model_dump(mode="json"),
+        }
+        tstmt = _insert(session, TaskRow).values(**task_row)
+        tstmt = tstmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={k: tstmt.excluded[k] for k in task_row if k not in ("id", "created_at")},
+            where=col(TaskRow.version) <= tstmt.excluded.version,
+        )
+        await session.execute(tstmt)
+
+    for position, entry in enumerate(t.audit):
+        astmt = _insert(session, AuditEvent).values(
+            subject_id=rec.id,
+            version=rec.version,
+            position=position,
+            at=rec.updated_at,
+            actor=entry.actor,
+            action=entry.action,
+            comment=entry.comment,
+            task_id=entry.task_id,
+            details=entry.details,
+        )
+        await session.execute(astmt.on_conflict_do_nothing())
+
+    for position, note in enumerate(t.notifications):
+        ostmt = _insert(session, OutboxMessage).values(
+            event_key=notification_key(rec.id, rec.version, position),
+            recipient=note.recipient,
+            subject=note.subject,
+            body=note.body,
+            status="pending",
+            attempts=0,
+            created_at=rec.updated_at,
+            next_attempt_at=rec.updated_at,
+        )
+        await session.execute(ostmt.on_conflict_do_nothing(index_elements=["event_key"]))
+
+
+# --- look-ups for the PO review ---------------------------------------------------------------
+
+_APPROVED = (OpportunityStatus.approved, OpportunityStatus.won, OpportunityStatus.delivered)
+_NOT_LIVE = tuple(s.value for s in FINAL_STATUSES if s is not OpportunityStatus.delivered)
+
+
+async def find_duplicate(session: AsyncSession, q: DuplicateQuery) -> str | None:
+    """R-PO-4: the earliest open or approved PO of another partner with the same (customer, project)."""
+    stmt = (
+        select(ProcessRow.id)
+        .where(ProcessRow.process == "opportunity")
+        .where(ProcessRow.match_key == q.match_key)
+        .where(ProcessRow.partner_id != q.partner_id)
+        .where(ProcessRow.id != q.po_id)
+        .order_by(col(ProcessRow.created_at), col(ProcessRow.id))
+        .limit(1)
+    )
+    if q.approved_only:
+        stmt = stmt.where(col(ProcessRow.status).in_([s.value for s in _APPROVED]))
+    else:
+        stmt = stmt.where(col(ProcessRow.status).not_in(_NOT_LIVE))
+    return (await session.exec(stmt)).first()
+
+
+def _specificity(rule: RoutingRule) -> tuple[int, int]:
+    # partner beats region beats industry; then the earlier rule in the table wins
+    weight = 4 * (rule.partner_id is not None) + 2 * (rule.region is not None) + (
+        rule.industry is not None
+    )
+    return (weight, -rule.position)
+
+
+def best_rule(rules: Sequence[RoutingRule], req: RouteRequest) -> RoutingRule | None:
+    """R-PO-2: the most specific rule whose every set field matches the PO."""
+    matching = [
+        r
+        for r in rules
+        if (r.partner_id is None or r.partner_id == req.partner_id)
+        and (r.region is None or r.region == req.region)
+        and (r.industry is None or r.industry == req.industry)
+    ]
+    return max(matching, key=_specificity, default=None)
+
+
+async def route(session: AsyncSession, req: RouteRequest) -> RouteResult:
+    rules = (
+        await session.exec(
+            select(RoutingRule).where(
+                sa.or_(col(RoutingRule.partner_id).is_(None), RoutingRule.partner_id == req.partner_id)
+            )
+        )
+    ).all()
+    rule = best_rule(rules, req)
+    known: set[str] = set()
+    if req.offerings:
+        known = set(
+            (
+                await session.exec(
+                    select(Offering.code).where(col(Offering.code).in_(req.offerings))
+                )
+            ).all()
+        )
+    return RouteResult(
+        pdm=rule.pdm if rule else None,
+        psm=rule.psm if rule else None,
+        offering_unmatched=not known,  # R-PO-8: none of its offerings is in the catalogue
+    )
