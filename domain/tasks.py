@@ -48,6 +48,7 @@ class HumanTask(BaseModel):
     candidate_role: Role | None = None
     status: TaskStatus = TaskStatus.open
     created_at: datetime
+    sla: str | None = None
     due_at: datetime | None = None
     remind_at: datetime | None = None
     reminded: bool = False

@@ -139,7 +139,8 @@ class AuditEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     subject_id: str = Field(max_length=200, index=True)
-    version: int
+    # a process's transition number; for reference data, microseconds since the epoch
+    version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     position: int
     at: datetime = _ts()
     actor: str = Field(max_length=128)

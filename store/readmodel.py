@@ -56,7 +56,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
         set_={k: stmt.excluded[k] for k in row if k not in ("id", "created_at")},
         where=col(ProcessRow.version) <= stmt.excluded.version,
     )
-    await session.execute(stmt)
+    await session.exec(stmt)
 
     for task in t.tasks:
         task_row = {
@@ -82,7 +82,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
             set_={k: tstmt.excluded[k] for k in task_row if k not in ("id", "created_at")},
             where=col(TaskRow.version) <= tstmt.excluded.version,
         )
-        await session.execute(tstmt)
+        await session.exec(tstmt)
 
     for position, entry in enumerate(t.audit):
         astmt = _insert(session, AuditEvent).values(
@@ -96,7 +96,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
             task_id=entry.task_id,
             details=entry.details,
         )
-        await session.execute(astmt.on_conflict_do_nothing())
+        await session.exec(astmt.on_conflict_do_nothing())
 
     for position, note in enumerate(t.notifications):
         ostmt = _insert(session, OutboxMessage).values(
@@ -109,7 +109,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
             created_at=rec.updated_at,
             next_attempt_at=rec.updated_at,
         )
-        await session.execute(ostmt.on_conflict_do_nothing(index_elements=["event_key"]))
+        await session.exec(ostmt.on_conflict_do_nothing(index_elements=["event_key"]))
 
 
 # --- look-ups for the PO review ---------------------------------------------------------------

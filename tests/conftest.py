@@ -97,3 +97,236 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return session_factory(engine)
+
+
+# --- the real stack: Temporal dev server, worker, API over HTTP ---------------------------------
+
+import asyncio  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+
+from api.auth import mint_token  # noqa: E402
+from api.main import create_app  # noqa: E402
+from config import Settings  # noqa: E402
+from devstack import temporal_dev_server_command  # noqa: E402
+from domain.policy import Policy  # noqa: E402
+from worker import connect, running_worker  # noqa: E402
+
+T = TypeVar("T")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@dataclass
+class TemporalServer:
+    address: str
+    ui_url: str
+    db_file: Path
+    process: subprocess.Popen[bytes]
+    command: list[str] = field(default_factory=list)
+
+
+def start_temporal(tmp: Path, *, db_file: Path | None = None, port: int | None = None,
+                   ui_port: int | None = None) -> TemporalServer:
+    port = port or free_port()
+    ui_port = ui_port or free_port()
+    db_file = db_file or tmp / "temporal.db"
+    settings = Settings(temporal_port=port, ui_port=ui_port)
+    command = temporal_dev_server_command(
+        settings, str(db_file), extra=["--http-port", str(free_port()),
+                                       "--metrics-port", str(free_port())]
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / f"temporal-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"temporal dev server exited: see {log.name}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.1)  # waiting on a port, not on state: nothing to poll but the socket
+    else:
+        proc.kill()
+        raise RuntimeError("temporal dev server did not open its port in 60s")
+    return TemporalServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", db_file, proc,
+                          command)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
+    server = start_temporal(tmp_path_factory.mktemp("temporal"))
+    yield server
+    stop_process(server.process)
+
+
+async def wait_for_namespace(client: Client) -> None:
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    async def ready() -> bool:
+        try:
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=client.namespace)
+            )
+            return True
+        except Exception:  # noqa: BLE001 - still starting
+            return False
+
+    await eventually(ready, timeout=30, what="the Temporal namespace")
+
+
+class ApiServer:
+    """The real app under uvicorn on a free port, in this event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.settings = settings
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                           log_level="warning", lifespan="on")
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+
+        async def started() -> bool:
+            if self.task is not None and self.task.done():
+                self.task.result()
+            return self.server.started
+
+        await eventually(started, timeout=20, what="uvicorn to start")
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+
+
+@dataclass
+class Stack:
+    """One partnerflow deployment under test: its own database and task queue."""
+
+    db: str
+    settings: Settings
+    client: Client
+    api: ApiServer
+    fast_api: ApiServer  # same store and worker, short policy durations (SLA tests)
+    http: httpx.AsyncClient
+    fast_http: httpx.AsyncClient
+    sessions: Any
+
+    def token(self, sub: str, roles: list[str], partner_id: str | None = None,
+              ttl: int = 3600) -> str:
+        return mint_token(self.settings.jwt_secret, sub=sub, roles=roles, partner_id=partner_id,
+                          ttl_seconds=ttl)
+
+    def auth(self, sub: str, roles: list[str], partner_id: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, roles, partner_id)}"}
+
+
+FAST_POLICY = Policy(po_review_sla="PT4S", cert_validity="PT30S", recert_window="PT10S",
+                     payout_sla="PT4S", invite_ttl="PT4S")
+
+
+async def load_reference_data(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    partners = {
+        "p-acme": {"name": "Acme Cloud", "kind": "solution_provider", "tier": "core",
+                   "region": "east-china", "business_info_certified": True},
+        "p-bright": {"name": "Bright Data", "kind": "solution_provider", "tier": "leading",
+                     "region": "north-china"},
+        "p-cobalt": {"name": "Cobalt Soft", "kind": "software", "region": "south-china"},
+    }
+    for pid, body in partners.items():
+        r = await http.put(f"/v1/admin/partners/{pid}", json=body, headers=admin)
+        assert r.status_code == 200, r.text
+    r = await http.put("/v1/admin/offerings", headers=admin, json=[
+        {"code": "ecs", "name": "Elastic Compute"}, {"code": "rds", "name": "Relational DB"},
+        {"code": "oss", "name": "Object Storage"},
+    ])
+    assert r.status_code == 200, r.text
+    r = await http.put("/v1/admin/routing-rules", headers=admin, json=[
+        {"partner_id": "p-acme", "pdm": "pdm-li", "psm": "psm-zhao"},
+        {"region": "north-china", "pdm": "pdm-wang", "psm": "psm-qian"},
+        {"region": "north-china", "industry": "finance", "pdm": "pdm-sun"},
+    ])
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def stack(
+    request: pytest.FixtureRequest, temporal_server: TemporalServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    """The whole service on each database: every end-to-end test runs on SQLite and PostgreSQL."""
+    pg = request.getfixturevalue("postgres_databases") if request.param == "postgresql" else None
+    url = new_database_url(request.param, tmp_path_factory.mktemp("db"), pg)
+    upgrade(url)
+    settings = Settings(
+        database_url=url,
+        temporal_address=temporal_server.address,
+        task_queue=f"pf-test-{uuid.uuid4().hex[:8]}",
+        rate_limit={"requests_per_second": 10_000, "burst": 10_000},
+        update_timeout_seconds=10,
+    )
+    client = await connect(settings)
+    await wait_for_namespace(client)
+    api = ApiServer(settings)
+    fast_api = ApiServer(settings.model_copy(update={"policy": FAST_POLICY}))
+    engine = create_engine(url)
+    async with running_worker(settings, client):
+        await api.start()
+        await fast_api.start()
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http, \
+                httpx.AsyncClient(base_url=fast_api.url, timeout=30) as fast_http:
+            s = Stack(request.param, settings, client, api, fast_api, http, fast_http,
+                      session_factory(engine))
+            await load_reference_data(http, s.auth("ops-1", ["ops_admin"]))
+            yield s
+        await fast_api.stop()
+        await api.stop()
+    await engine.dispose()

@@ -1,0 +1,1 @@
+"""The FastAPI service the partner portal and reviewers call."""

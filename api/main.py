@@ -1,0 +1,65 @@
+"""The FastAPI application: one Temporal client and one engine per process, made in `lifespan`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.errors import envelope, install_error_handlers
+from api.middleware import BodyTooLarge, GuardMiddleware
+from api.routes import admin, health, opportunities, tasks
+from config import Settings, get_settings
+from store.db import create_engine, session_factory
+from worker import connect
+
+DESCRIPTION = """
+partnerflow starts and drives the partner program's long-running processes (Temporal workflows).
+
+* Auth: `Authorization: Bearer <JWT>` (HS256). Claims: `sub`, `roles`, `partner_id`.
+* Errors: `{"error_code": "PF.xxxx", "error_msg": "...", "details": ...}`.
+* POSTs accept `Idempotency-Key`: a repeat returns the first answer.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.resolved_database_url)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.temporal = await connect(settings)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="partnerflow", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return envelope("PF.PAYLOAD_TOO_LARGE",
+                        f"the body is larger than {settings.max_body_bytes} bytes")
+
+    app.add_middleware(
+        GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit
+    )
+    for module in (health, admin, opportunities, tasks):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app` builds the app on first access, so importing this module (tests,
+    # tools) reads no settings.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

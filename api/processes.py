@@ -1,0 +1,108 @@
+"""How the API talks to process workflows: start (update-with-start) and Updates, bounded in time.
+
+Every call goes through `temporal_errors`, so a refusal from a validator reaches the caller with
+the workflow's own error code, and a missing worker is a 503 rather than a hung request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+
+from api.errors import temporal_errors
+from config import Settings
+from domain.search_attributes import PARTNER_ID, PROCESS_KIND, STAGE
+
+
+def process_id(prefix: str, scope: str, idempotency_key: str | None) -> str:
+    """A new process id; derived from the Idempotency-Key when there is one, so a retried POST
+    names the same workflow and Temporal itself refuses a second one."""
+    if idempotency_key:
+        digest = hashlib.sha256(f"{scope}\0{idempotency_key}".encode()).hexdigest()[:20]
+        return f"{prefix}-{digest}"
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+def update_id(action: str, target: str, idempotency_key: str | None) -> str:
+    """R-X-6: a decision retried with the same key has the same update id: Temporal runs it once."""
+    return f"{action}:{target}:{idempotency_key or uuid.uuid4().hex}"
+
+
+async def start_process(
+    client: Client,
+    settings: Settings,
+    *,
+    workflow: Any,
+    arg: BaseModel,
+    workflow_id: str,
+    process: str,
+    partner_id: str,
+    summary: str,
+) -> dict[str, Any]:
+    """Start (or, for the same id, join) a process and answer once it has recorded itself."""
+    operation = WithStartWorkflowOperation(
+        workflow,
+        arg,
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(PARTNER_ID, partner_id),
+                SearchAttributePair(PROCESS_KIND, process),
+                SearchAttributePair(STAGE, "submitted"),
+            ]
+        ),
+        static_summary=summary[:400],
+    )
+    with temporal_errors(f"starting {process} {workflow_id}"):
+        result: dict[str, Any] = await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                "submitted", start_workflow_operation=operation, id="submitted",
+                result_type=dict,
+            ),
+            timeout=settings.update_timeout_seconds,
+        )
+    return result
+
+
+async def send_update(
+    client: Client,
+    settings: Settings,
+    *,
+    workflow_id: str,
+    update: str,
+    arg: BaseModel,
+    update_id: str,
+    what: str,
+) -> dict[str, Any]:
+    handle = client.get_workflow_handle(workflow_id)
+    with temporal_errors(what):
+        result: dict[str, Any] = await asyncio.wait_for(
+            handle.execute_update(update, arg, id=update_id, result_type=dict),
+            timeout=settings.update_timeout_seconds,
+        )
+    return result
+
+
+async def workflow_is_running(client: Client, workflow_id: str) -> bool:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return desc.status is WorkflowExecutionStatus.RUNNING

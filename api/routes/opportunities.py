@@ -1,0 +1,228 @@
+"""Partner opportunities (R-PO-*): submit, read, cancel, resubmit, progress, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import col, select
+from temporalio.client import Client
+
+from api.auth import CurrentUser, may_see_partner_item, require_partner_user
+from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
+from api.errors import ApiError, ErrorEnvelope
+from api.idempotency import IdempotencyKey, idempotent
+from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from domain.opportunity import (
+    FINAL_STATUSES,
+    CancelOpportunity,
+    OpportunityCreate,
+    OpportunityProgress,
+    OpportunityReviewInput,
+    OpportunityView,
+    ResubmitOpportunity,
+    UpdateProgress,
+    claim_key,
+)
+from domain.principal import Principal
+from store.claims import claim
+from store.db import as_utc
+from store.models import AuditEvent, Partner, ProcessRow
+from workflows.opportunity import OpportunityReview
+
+router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
+}
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    reason: str | None = Field(default=None, max_length=4000)
+
+
+class ResubmitBody(OpportunityCreate):
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class AuditEntryPublic(BaseModel):
+    at: Any
+    actor: str
+    action: str
+    comment: str | None
+    task_id: str | None
+    details: dict[str, Any]
+
+
+class History(BaseModel):
+    id: str
+    items: list[AuditEntryPublic]
+
+
+async def load_opportunity(session: Any, po_id: str, principal: Principal) -> ProcessRow:
+    row = await session.get(ProcessRow, po_id)
+    if row is None or row.process != "opportunity":
+        raise ApiError("PF.NOT_FOUND", f"no opportunity {po_id}")
+    if not may_see_partner_item(principal, row.partner_id):
+        raise ApiError("PF.FORBIDDEN", "this opportunity belongs to another partner")
+    return row
+
+
+@router.post("", status_code=201, response_model=OpportunityView, responses=ERRORS)
+async def submit_opportunity(
+    body: OpportunityCreate,
+    request: Request,
+    principal: CurrentUser,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-PO-1: submit a PO. It is routed (R-PO-2/3) and flagged (R-PO-4/8) before the answer."""
+    partner_id = require_partner_user(principal)
+    if await session.get(Partner, partner_id) is None:
+        raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
+    po_id = process_id("po", partner_id, idempotency_key)
+
+    async def start() -> dict[str, Any]:
+        holder = await claim(
+            sessions, scope="po-open", key=claim_key(partner_id, body), owner_id=po_id,
+            holder_is_live=lambda other: _po_is_live(sessions, temporal, other),
+        )
+        if holder is not None:
+            raise ApiError(
+                "PF.OPPORTUNITY_EXISTS",
+                "this partner already has an open opportunity for the same customer and project",
+                {"existing_id": holder},
+            )
+        return await start_process(
+            temporal, settings,
+            workflow=OpportunityReview.run,
+            arg=OpportunityReviewInput(
+                po_id=po_id, partner_id=partner_id, submitted_by=principal.sub,
+                opportunity=body, policy=settings.policy,
+            ),
+            workflow_id=po_id, process="opportunity", partner_id=partner_id,
+            summary=f"PO {body.customer_name} / {body.project_name} from {partner_id}, "
+                    f"{body.amount} CNY",
+        )
+
+    return await idempotent(
+        sessions=sessions, request=request, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), status_code=201, action=start,
+    )
+
+
+async def _po_is_live(sessions: Any, temporal: Client, po_id: str) -> bool:
+    async with sessions() as session:
+        row = await session.get(ProcessRow, po_id)
+    if row is not None:
+        return row.status not in {s.value for s in FINAL_STATUSES}
+    return await workflow_is_running(temporal, po_id)
+
+
+@router.get("/{po_id}", response_model=OpportunityView, responses=ERRORS)
+async def get_opportunity(po_id: str, principal: CurrentUser, session: SessionDep) -> Any:
+    row = await load_opportunity(session, po_id, principal)
+    return row.view
+
+
+async def _partner_update(
+    *, po_id: str, principal: Principal, session: Any, settings: Any, temporal: Client,
+    update: str, arg: BaseModel, key: str | None,
+) -> dict[str, Any]:
+    row = await load_opportunity(session, po_id, principal)
+    require_partner_user(principal)
+    if row.status in {s.value for s in FINAL_STATUSES}:
+        raise ApiError("PF.PROCESS_CLOSED", f"opportunity {po_id} is {row.status}")
+    return await send_update(
+        temporal, settings, workflow_id=po_id, update=update, arg=arg,
+        update_id=update_id(update, po_id, key), what=f"{update} of {po_id}",
+    )
+
+
+@router.post("/{po_id}/cancel", response_model=OpportunityView, responses=ERRORS)
+async def cancel_opportunity(
+    po_id: str, body: CancelBody, request: Request, principal: CurrentUser, session: SessionDep,
+    sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-PO-6: the partner withdraws its PO until a decision is taken."""
+    async def act() -> dict[str, Any]:
+        return await _partner_update(
+            po_id=po_id, principal=principal, session=session, settings=settings,
+            temporal=temporal, update="cancel",
+            arg=CancelOpportunity(actor=principal, reason=body.reason), key=idempotency_key,
+        )
+
+    return await idempotent(
+        sessions=sessions, request=request, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), status_code=200, action=act,
+    )
+
+
+@router.post("/{po_id}/resubmit", response_model=OpportunityView, responses=ERRORS)
+async def resubmit_opportunity(
+    po_id: str, body: ResubmitBody, request: Request, principal: CurrentUser,
+    session: SessionDep, sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-PO-7: after a return for information, the edited PO goes back to the same PDM."""
+    edited = OpportunityCreate.model_validate(body.model_dump(exclude={"comment"}))
+
+    async def act() -> dict[str, Any]:
+        return await _partner_update(
+            po_id=po_id, principal=principal, session=session, settings=settings,
+            temporal=temporal, update="resubmit",
+            arg=ResubmitOpportunity(actor=principal, opportunity=edited, comment=body.comment),
+            key=idempotency_key,
+        )
+
+    return await idempotent(
+        sessions=sessions, request=request, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), status_code=200, action=act,
+    )
+
+
+@router.patch("/{po_id}", response_model=OpportunityView, responses=ERRORS)
+async def update_opportunity_progress(
+    po_id: str, body: OpportunityProgress, principal: CurrentUser, session: SessionDep,
+    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-PO-9 / R-PO-11: stage (won, lost, delivered) and edits after approval; a new customer
+    or project re-opens verification."""
+    if not body.model_dump(exclude_none=True):
+        raise ApiError("PF.VALIDATION_FAILED", "send at least one field to change")
+    return await _partner_update(
+        po_id=po_id, principal=principal, session=session, settings=settings,
+        temporal=temporal, update="update_progress",
+        arg=UpdateProgress(actor=principal, progress=body), key=idempotency_key,
+    )
+
+
+@router.get("/{po_id}/history", response_model=History, responses=ERRORS)
+async def opportunity_history(po_id: str, principal: CurrentUser, session: SessionDep) -> Any:
+    """R-X-3: every action on the PO, oldest first."""
+    await load_opportunity(session, po_id, principal)
+    return await read_history(session, po_id)
+
+
+async def read_history(session: Any, subject_id: str) -> History:
+    rows = (
+        await session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.subject_id == subject_id)
+            .order_by(col(AuditEvent.version), col(AuditEvent.position))
+        )
+    ).all()
+    return History(
+        id=subject_id,
+        items=[
+            AuditEntryPublic(at=as_utc(r.at), actor=r.actor, action=r.action, comment=r.comment,
+                             task_id=r.task_id, details=r.details)
+            for r in rows
+        ],
+    )

@@ -1,0 +1,249 @@
+"""The inbox and task actions: list, read, complete, bulk-complete, reassign."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.auth import CurrentUser
+from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
+from api.errors import ApiError, ErrorEnvelope
+from api.idempotency import IdempotencyKey, idempotent
+from api.processes import send_update, update_id
+from config import Settings
+from domain.principal import Principal
+from domain.tasks import CompleteTask, HumanTask, ReassignTask
+from store.db import as_utc
+from store.inbox import list_tasks, visible_to
+from store.models import ProcessRow, TaskRow
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
+}
+
+
+class TaskPublic(BaseModel):
+    id: str
+    kind: str
+    process: str
+    process_id: str
+    partner_id: str | None
+    assignee: str | None
+    candidate_role: str | None
+    status: str
+    created_at: Any
+    due_at: Any
+    escalated: bool
+    outcome: str | None
+    comment: str | None = None
+    completed_by: str | None = None
+
+
+class TaskDetail(TaskPublic):
+    process_summary: dict[str, Any] | None
+
+
+class TaskPage(BaseModel):
+    items: list[TaskPublic]
+    next_cursor: str | None
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"outcome": "approve", "data": {"criteria": {
+                    "customer_real": True, "project_real": True, "partner_role": True,
+                    "offering": True}}},
+                {"outcome": "return", "comment": "Please attach the customer's tender notice."},
+                {"outcome": "dispatch", "data": {"pdm": "pdm-li"}},
+            ]
+        },
+    )
+
+    outcome: str = Field(min_length=1, max_length=32)
+    comment: str | None = Field(default=None, max_length=4000)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class BulkCompletion(Completion):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"task_ids": ["res-1.1", "res-2.1"], "outcome": "approve"}]},
+    )
+    task_ids: list[Annotated[str, Field(min_length=1, max_length=220)]] = Field(
+        min_length=1, max_length=100
+    )
+
+
+class BulkItemResult(BaseModel):
+    task_id: str
+    ok: bool
+    status_code: int
+    error_code: str | None = None
+    error_msg: str | None = None
+    process: dict[str, Any] | None = None
+
+
+class BulkResult(BaseModel):
+    succeeded: int
+    failed: int
+    results: list[BulkItemResult]
+
+
+class Reassignment(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"assignee": "pdm-wang"}]})
+    assignee: str = Field(min_length=1, max_length=128)
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def public(row: TaskRow) -> TaskPublic:
+    body = HumanTask.model_validate(row.body)
+    return TaskPublic(
+        id=row.id, kind=row.kind, process=row.process, process_id=row.process_id,
+        partner_id=row.partner_id, assignee=row.assignee, candidate_role=row.candidate_role,
+        status=row.status, created_at=as_utc(row.created_at), due_at=as_utc(row.due_at),
+        escalated=row.escalated, outcome=row.outcome, comment=body.comment,
+        completed_by=body.completed_by,
+    )
+
+
+async def load_task(session: AsyncSession, task_id: str, principal: Principal) -> TaskRow:
+    row = await session.get(TaskRow, task_id)
+    if row is None:
+        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    from sqlmodel import select
+
+    visible = (
+        await session.exec(select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal)))
+    ).first()
+    if visible is None:
+        raise ApiError("PF.FORBIDDEN", f"task {task_id} is not yours to see")
+    return row
+
+
+@router.get("", response_model=TaskPage, responses=ERRORS)
+async def inbox(
+    principal: CurrentUser,
+    session: SessionDep,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    status: Literal["open", "completed", "cancelled"] | None = "open",
+    assignee: Annotated[str | None, Query(max_length=128, description="'me' or a person id")] = None,
+    process_id: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Any:
+    """Tasks the caller may see, newest due first."""
+    try:
+        rows, next_cursor = await list_tasks(
+            session, principal, kind=kind, status=status, assignee=assignee,
+            process_id=process_id, cursor=cursor, limit=limit,
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise ApiError("PF.BAD_REQUEST", "the cursor is not valid") from exc
+    return TaskPage(items=[public(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", response_model=TaskDetail, responses=ERRORS)
+async def get_task(task_id: str, principal: CurrentUser, session: SessionDep) -> Any:
+    row = await load_task(session, task_id, principal)
+    process = await session.get(ProcessRow, row.process_id)
+    return TaskDetail(**public(row).model_dump(), process_summary=process.view if process else None)
+
+
+async def _complete_one(
+    *, session: AsyncSession, settings: Settings, temporal: Any, principal: Principal,
+    task_id: str, body: Completion, key: str | None,
+) -> dict[str, Any]:
+    row = await load_task(session, task_id, principal)
+    if row.status != "open":
+        raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    return await send_update(
+        temporal, settings, workflow_id=row.process_id, update="complete_task",
+        arg=CompleteTask(task_id=task_id, actor=principal, outcome=body.outcome,
+                         comment=body.comment, data=body.data),
+        update_id=update_id("complete", task_id, key), what=f"completing task {task_id}",
+    )
+
+
+@router.post("/bulk-complete", response_model=BulkResult, responses=ERRORS)
+async def bulk_complete(
+    body: BulkCompletion, request: Request, principal: CurrentUser, sessions: SessionsDep,
+    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """One outcome for many tasks; each is validated on its own and reported with its own result."""
+    if len(set(body.task_ids)) != len(body.task_ids):
+        raise ApiError("PF.VALIDATION_FAILED", "task_ids has duplicates")
+    gate = asyncio.Semaphore(8)
+
+    async def one(task_id: str) -> BulkItemResult:
+        async with gate, sessions() as session:
+            try:
+                view = await _complete_one(
+                    session=session, settings=settings, temporal=temporal, principal=principal,
+                    task_id=task_id, body=body, key=idempotency_key,
+                )
+            except ApiError as exc:
+                return BulkItemResult(task_id=task_id, ok=False, status_code=exc.status_code,
+                                      error_code=exc.code, error_msg=exc.message)
+        return BulkItemResult(task_id=task_id, ok=True, status_code=200, process=view)
+
+    async def act() -> dict[str, Any]:
+        results = await asyncio.gather(*(one(t) for t in body.task_ids))
+        ok = sum(r.ok for r in results)
+        return BulkResult(succeeded=ok, failed=len(results) - ok, results=list(results)).model_dump(
+            mode="json")
+
+    return await idempotent(
+        sessions=sessions, request=request, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), status_code=200, action=act,
+    )
+
+
+@router.post("/{task_id}/complete", responses=ERRORS)
+async def complete_task(
+    task_id: str, body: Completion, request: Request, principal: CurrentUser,
+    session: SessionDep, sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Decide a task; the answer is the process's new state. R-X-6: the same Idempotency-Key
+    returns the first answer and the decision is recorded once."""
+    async def act() -> dict[str, Any]:
+        return await _complete_one(
+            session=session, settings=settings, temporal=temporal, principal=principal,
+            task_id=task_id, body=body, key=idempotency_key,
+        )
+
+    return await idempotent(
+        sessions=sessions, request=request, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), status_code=200, action=act,
+    )
+
+
+@router.post("/{task_id}/reassign", responses=ERRORS)
+async def reassign_task(
+    task_id: str, body: Reassignment, principal: CurrentUser, session: SessionDep,
+    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
+    row = await session.get(TaskRow, task_id)
+    if row is None:
+        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    if row.status != "open":
+        raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    return await send_update(
+        temporal, settings, workflow_id=row.process_id, update="reassign_task",
+        arg=ReassignTask(task_id=task_id, actor=principal, assignee=body.assignee,
+                         comment=body.comment),
+        update_id=update_id("reassign", task_id, idempotency_key),
+        what=f"reassigning task {task_id}",
+    )

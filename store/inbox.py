@@ -1,0 +1,101 @@
+"""The task inbox over the read model: who sees which tasks, newest due first, keyset-paginated."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from domain.principal import Principal, Role
+from store.db import as_utc
+from store.models import TaskRow
+
+# Rows without a due time sort after every dated one.
+_FAR = datetime(9999, 12, 31)
+
+
+def visible_to(principal: Principal) -> Any:
+    """Staff see tasks assigned to them, offered to one of their roles, or escalated to one of
+    their roles; ops_admin sees all; partner users see their own partner's tasks."""
+    if principal.has(Role.ops_admin):
+        return sa.true()
+    clauses: list[Any] = []
+    if principal.is_staff:
+        roles = [str(r) for r in principal.roles]
+        clauses += [
+            col(TaskRow.assignee) == principal.sub,
+            sa.and_(col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles)),
+            col(TaskRow.escalate_to_role).in_(roles),
+        ]
+    if principal.partner_id is not None and principal.is_partner_user:
+        clauses.append(col(TaskRow.partner_id) == principal.partner_id)
+    return sa.or_(*clauses) if clauses else sa.false()
+
+
+def mine(principal: Principal) -> Any:
+    roles = [str(r) for r in principal.roles]
+    return sa.or_(
+        col(TaskRow.assignee) == principal.sub,
+        sa.and_(col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles)),
+    )
+
+
+def encode_cursor(row: TaskRow) -> str:
+    due = as_utc(row.due_at)
+    raw = json.dumps({"d": due.isoformat() if due else None, "i": row.id})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
+    raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    due = datetime.fromisoformat(raw["d"]) if raw["d"] else None
+    return due, str(raw["i"])
+
+
+async def list_tasks(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    kind: str | None,
+    status: str | None,
+    assignee: str | None,
+    process_id: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[TaskRow], str | None]:
+    stmt = select(TaskRow).where(visible_to(principal))
+    if kind:
+        stmt = stmt.where(TaskRow.kind == kind)
+    if status:
+        stmt = stmt.where(TaskRow.status == status)
+    if assignee == "me":
+        stmt = stmt.where(mine(principal))
+    elif assignee:
+        stmt = stmt.where(TaskRow.assignee == assignee)
+    if process_id:
+        stmt = stmt.where(TaskRow.process_id == process_id)
+    # newest due first: due_at descending, undated last, then id descending
+    undated = col(TaskRow.due_at).is_(None)
+    if cursor:
+        due, last_id = decode_cursor(cursor)
+        if due is None:
+            stmt = stmt.where(sa.and_(undated, col(TaskRow.id) < last_id))
+        else:
+            stmt = stmt.where(
+                sa.or_(
+                    col(TaskRow.due_at) < due,
+                    sa.and_(col(TaskRow.due_at) == due, col(TaskRow.id) < last_id),
+                    undated,
+                )
+            )
+    stmt = stmt.order_by(undated, col(TaskRow.due_at).desc(), col(TaskRow.id).desc()).limit(
+        limit + 1
+    )
+    rows = list((await session.exec(stmt)).all())
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor

@@ -1,0 +1,101 @@
+"""The worker: every workflow and activity of partnerflow on one task queue.
+
+Run `python worker.py`. SIGTERM or SIGINT drains: no new tasks are polled, running activities
+get `graceful_shutdown_timeout` to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.outbox import OutboxSender
+from activities.read_model import ReadModelActivities
+from config import Settings, get_settings
+from store.db import create_engine, session_factory
+from workflows import ALL_WORKFLOWS
+
+log = logging.getLogger("partnerflow.worker")
+
+# Our pure domain modules and the libraries they use are loaded once, outside the sandbox:
+# re-importing pydantic models per workflow run costs time and memory for nothing.
+PASSTHROUGH_MODULES = ("domain", "activities", "pydantic", "pydantic_core", "isodate",
+                       "sqlalchemy", "sqlmodel")
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.resolved_temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, client: Client, *, task_queue: str | None = None,
+    send_notifications: bool = True,
+) -> AsyncIterator[Worker]:
+    """A started worker with its activities and (optionally) the outbox sender."""
+    engine = create_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    store = ReadModelActivities(sessions)
+    worker = Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=[store.apply_transition, store.assess_opportunity,
+                    store.find_approved_duplicate],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                *PASSTHROUGH_MODULES
+            )
+        ),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    stop_sender = asyncio.Event()
+    sender = OutboxSender(
+        sessions, smtp_url=settings.smtp_url, mail_from=settings.mail_from,
+        mail_domain=settings.mail_domain,
+    )
+    sender_task = asyncio.create_task(sender.run(stop_sender)) if send_notifications else None
+    run_task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        stop_sender.set()
+        await worker.shutdown()
+        await asyncio.gather(run_task, return_exceptions=True)
+        if sender_task is not None:
+            await sender_task
+        await engine.dispose()
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(settings, client):
+        log.info("worker polling %s on %s", settings.task_queue, settings.resolved_temporal_address)
+        await stop.wait()
+        log.info("shutting down: draining running activities")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Deterministic orchestration only: one module per process, plus the shared human-task primitive."""
+
+from workflows.opportunity import OpportunityReview
+
+ALL_WORKFLOWS: list[type] = [OpportunityReview]

@@ -1,0 +1,371 @@
+"""The human-task primitive every process workflow is built on.
+
+A process workflow subclasses `ProcessWorkflow`. It gets:
+- tasks (`open_task`) with a reminder at half their SLA and escalation on breach;
+- the `complete_task` and `reassign_task` Updates, whose validators refuse (writing nothing to
+  history) a caller who may not act, a task that is not open, an invalid outcome or data, and a
+  decision on one's own item (R-X-5);
+- a single writer: Update handlers queue commands and wait; the main loop (`next_command`)
+  applies them one at a time and `commit`s each transition to the read model, audit trail and
+  outbox in one activity before the caller hears the result;
+- search attributes and `current_details` kept in step with every commit, for ops.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from activities.read_model import ReadModelActivities
+    from domain.errors import refuse
+    from domain.policy import add_duration, halfway
+    from domain.principal import Role
+    from domain.projection import AuditEntry, Notification, ProcessRecord, Transition
+    from domain.search_attributes import ASSIGNEE, DUE_AT, STAGE
+    from domain.tasks import (
+        CompleteTask,
+        HumanTask,
+        ReassignTask,
+        TaskKind,
+        TaskStatus,
+        check_completion,
+        check_reassign,
+    )
+
+# The read model must catch up however long the database is away: retry forever, backing off.
+STORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+STORE_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass
+class Pending:
+    """A command accepted by an Update validator, waiting for the main loop."""
+
+    command: BaseModel
+    done: bool = False
+    result: dict[str, Any] | None = None
+    error: ApplicationError | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ProcessWorkflow:
+    """Base of every process workflow. Subclasses set `process` and `task_kinds` and implement
+    `record`, `view` and `describe`."""
+
+    process: ClassVar[str]
+    task_kinds: ClassVar[dict[str, TaskKind]]
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, HumanTask] = {}
+        self.task_seq = 0
+        self.version = 0  # of the last transition sent to the read model
+        self.recorded = 0  # of the last transition the read model has
+        self.queue: deque[Pending] = deque()
+        self.process_id = workflow.info().workflow_id
+
+    # --- what a subclass provides ---------------------------------------------------------
+
+    def record(self, now: datetime) -> ProcessRecord:
+        raise NotImplementedError
+
+    def view(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One sentence for the Temporal UI: what the process waits for, on whom, until when."""
+        raise NotImplementedError
+
+    async def handle(self, pending: Pending) -> None:
+        """Apply one queued command (the main loop calls this); raise ApplicationError to refuse."""
+        raise NotImplementedError
+
+    def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        """Process-specific refusals for a completion, pure (no I/O): raise to refuse."""
+
+    # --- Updates and queries every process has ---------------------------------------------
+
+    @workflow.update
+    async def complete_task(self, cmd: CompleteTask) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @complete_task.validator
+    def _validate_complete_task(self, cmd: CompleteTask) -> None:
+        self.check_complete(cmd)
+
+    @workflow.update
+    async def reassign_task(self, cmd: ReassignTask) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @reassign_task.validator
+    def _validate_reassign_task(self, cmd: ReassignTask) -> None:
+        task = self.tasks.get(cmd.task_id)
+        check_reassign(task, self._kind_of(task), cmd)
+
+    @workflow.update
+    async def submitted(self) -> dict[str, Any]:
+        """Answers once the submission is routed and recorded: the API starts workflows with it
+        (update-with-start), so the caller's 201 already shows status, assignee and flags."""
+        await workflow.wait_condition(lambda: self.recorded > 0)
+        return self.view()
+
+    @workflow.query
+    def state(self) -> dict[str, Any]:
+        return self.view()
+
+    @workflow.query
+    def open_tasks(self) -> list[HumanTask]:
+        return [t for t in self.tasks.values() if t.status is TaskStatus.open]
+
+    # --- commands -----------------------------------------------------------------------------
+
+    async def enqueue(self, command: BaseModel) -> dict[str, Any]:
+        pending = Pending(command)
+        self.queue.append(pending)
+        await workflow.wait_condition(lambda: pending.done)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def resolve(self, pending: Pending) -> None:
+        pending.result = self.view()
+        pending.done = True
+
+    def reject(self, pending: Pending, error: ApplicationError) -> None:
+        pending.error = error
+        pending.done = True
+
+    async def next_command(self) -> Pending:
+        """The next queued command; meanwhile, fire task reminders and escalations when due."""
+        while True:
+            if self.queue:
+                return self.queue.popleft()
+            deadline = self._next_deadline()
+            if deadline is None:
+                await workflow.wait_condition(lambda: bool(self.queue))
+                continue
+            remaining = (deadline - workflow.now()).total_seconds()
+            if remaining > 0:
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self.queue), timeout=timedelta(seconds=remaining)
+                    )
+                    continue
+                except TimeoutError:
+                    pass
+            await self._fire_deadlines()
+
+    def check_complete(self, cmd: CompleteTask) -> tuple[HumanTask, BaseModel | None]:
+        task = self.tasks.get(cmd.task_id)
+        data = check_completion(task, self._kind_of(task), cmd)
+        assert task is not None
+        self.check_decision(task, cmd, data)
+        return task, data
+
+    async def handle_reassign(self, pending: Pending, cmd: ReassignTask) -> None:
+        task = self.tasks.get(cmd.task_id)
+        check_reassign(task, self._kind_of(task), cmd)
+        assert task is not None
+        previous = task.assignee or str(task.candidate_role)
+        task.assignee = cmd.assignee
+        task.candidate_role = None
+        self._restart_clock(task)
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub, action="task_reassigned", task_id=task.id,
+                    comment=cmd.comment, details={"from": previous, "to": cmd.assignee},
+                )
+            ],
+            notifications=[self.assignment_notice(task)],
+        )
+        self.resolve(pending)
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    def open_task(
+        self,
+        kind: TaskKind,
+        *,
+        assignee: str | None = None,
+        candidate_role: Role | None = None,
+        sla: str | None = None,
+        escalate_to_role: Role | None = None,
+        partner_id: str | None = None,
+        submitted_by: str | None = None,
+    ) -> HumanTask:
+        assert assignee or candidate_role, "a task needs a person or a role"
+        self.task_seq += 1
+        task = HumanTask(
+            id=f"{self.process_id}.{self.task_seq}",
+            kind=kind.name,
+            process=self.process,
+            process_id=self.process_id,
+            partner_id=partner_id,
+            assignee=assignee,
+            candidate_role=candidate_role,
+            created_at=workflow.now(),
+            sla=sla,
+            escalate_to_role=escalate_to_role,
+            submitted_by=submitted_by,
+        )
+        self._restart_clock(task)
+        self.tasks[task.id] = task
+        return task
+
+    def finish_task(self, task: HumanTask, cmd: CompleteTask) -> None:
+        task.status = TaskStatus.completed
+        task.outcome = cmd.outcome
+        task.completed_by = cmd.actor.sub
+        task.completed_at = workflow.now()
+        task.comment = cmd.comment
+        task.data = cmd.data
+
+    def cancel_open_tasks(self) -> None:
+        for task in self.tasks.values():
+            if task.status is TaskStatus.open:
+                task.status = TaskStatus.cancelled
+
+    def open_task_of(self, kind: TaskKind | None = None) -> HumanTask | None:
+        for task in self.tasks.values():
+            if task.status is TaskStatus.open and (kind is None or task.kind == kind.name):
+                return task
+        return None
+
+    def assignment_notice(self, task: HumanTask) -> Notification:
+        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        return Notification(
+            recipient=task.assignee or str(task.candidate_role),
+            subject=f"[partnerflow] {task.kind} task {task.id} is waiting for you",
+            body=f"Task {task.id} ({task.kind}) on {self.process} {self.process_id}{due}.",
+        )
+
+    def _restart_clock(self, task: HumanTask) -> None:
+        task.reminded = False
+        task.escalated = False
+        if task.sla is None:
+            task.due_at = task.remind_at = None
+            return
+        start = workflow.now()
+        task.due_at = add_duration(start, task.sla)
+        task.remind_at = halfway(start, task.due_at)
+
+    def _kind_of(self, task: HumanTask | None) -> TaskKind:
+        if task is None:
+            refuse("PF.TASK_NOT_FOUND", "no such task in this process")
+        return self.task_kinds[task.kind]
+
+    def _next_deadline(self) -> datetime | None:
+        deadlines = [d for t in self.tasks.values() if (d := t.next_deadline()) is not None]
+        return min(deadlines, default=None)
+
+    async def _fire_deadlines(self) -> None:
+        now = workflow.now()
+        audit: list[AuditEntry] = []
+        notes: list[Notification] = []
+        for task in self.tasks.values():
+            deadline = task.next_deadline()
+            if deadline is None or deadline > now:
+                continue
+            if not task.reminded and task.remind_at is not None:
+                task.reminded = True
+                audit.append(AuditEntry(actor="system", action="task_reminded", task_id=task.id))
+                notes.append(
+                    Notification(
+                        recipient=task.assignee or str(task.candidate_role),
+                        subject=f"[partnerflow] reminder: {task.kind} task {task.id}",
+                        body=f"Task {task.id} is due {task.due_at:%Y-%m-%d %H:%M} UTC.",
+                    )
+                )
+            else:
+                task.escalated = True
+                audit.append(
+                    AuditEntry(
+                        actor="system", action="task_escalated", task_id=task.id,
+                        details={"to": task.escalate_to_role, "was_due": str(task.due_at)},
+                    )
+                )
+                if task.escalate_to_role is not None:
+                    notes.append(
+                        Notification(
+                            recipient=str(task.escalate_to_role),
+                            subject=f"[partnerflow] overdue: {task.kind} task {task.id}",
+                            body=(
+                                f"Task {task.id} for {task.who} passed its deadline "
+                                f"{task.due_at:%Y-%m-%d %H:%M} UTC; you may reassign it."
+                            ),
+                        )
+                    )
+        if audit:
+            await self.commit(audit=audit, notifications=notes)
+
+    # --- the one way a transition is written ----------------------------------------------
+
+    async def commit(
+        self, *, audit: list[AuditEntry], notifications: list[Notification] | None = None
+    ) -> None:
+        self.version += 1
+        transition = Transition(
+            record=self.record(workflow.now()),
+            tasks=list(self.tasks.values()),
+            audit=audit,
+            notifications=notifications or [],
+        )
+        await workflow.execute_activity_method(
+            ReadModelActivities.apply_transition,
+            transition,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        self.recorded = self.version
+        self._publish_visibility()
+
+    def _publish_visibility(self) -> None:
+        open_tasks = [t for t in self.tasks.values() if t.status is TaskStatus.open]
+        due = min((t.due_at for t in open_tasks if t.due_at), default=None)
+        updates: list[SearchAttributeUpdate[Any]] = [
+            STAGE.value_set(str(self.record(workflow.now()).status))
+        ]
+        assignee = next((t.assignee or str(t.candidate_role) for t in open_tasks), None)
+        updates.append(ASSIGNEE.value_set(assignee) if assignee else ASSIGNEE.value_unset())
+        updates.append(DUE_AT.value_set(due) if due else DUE_AT.value_unset())
+        workflow.upsert_search_attributes(updates)
+        workflow.set_current_details(self.describe())
+
+    async def serve_until(self, is_final: Callable[[], bool]) -> None:
+        """Apply commands with `handle` until `is_final()`; refusals go back to their caller."""
+        while not is_final():
+            pending = await self.next_command()
+            try:
+                await self.handle(pending)
+            except ApplicationError as exc:
+                self.reject(pending, exc)
+            if not pending.done:  # a handler that forgot to answer must not hang its caller
+                self.resolve(pending)
+        # Commands that raced the final transition are refused, never silently dropped.
+        while self.queue:
+            self.reject(
+                self.queue.popleft(),
+                ApplicationError(
+                    f"{self.process} {self.process_id} is closed",
+                    type="PF.PROCESS_CLOSED", non_retryable=True,
+                ),
+            )
+
+    async def finish(self) -> dict[str, Any]:
+        """Let in-flight Update handlers return before the run completes."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.view()

@@ -1,0 +1,413 @@
+"""Partner opportunity review: routing to a PDM or the dispatcher, review rounds, progress.
+
+Rules R-PO-1 … R-PO-11. One workflow per PO (`po-<id>`); it ends when the PO is rejected,
+cancelled, lost or delivered.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from activities.read_model import AssessRequest, ReadModelActivities
+    from domain.errors import refuse
+    from domain.opportunity import (
+        FINAL_STATUSES,
+        PO_DISPATCH,
+        PO_REVIEW,
+        PO_TASK_KINDS,
+        STAGE_MOVES,
+        UNDECIDED_STATUSES,
+        CancelOpportunity,
+        Decision,
+        DuplicateQuery,
+        OpportunityCreate,
+        OpportunityReviewInput,
+        OpportunityStatus,
+        OpportunityView,
+        ResubmitOpportunity,
+        ReviewData,
+        RouteRequest,
+        UpdateProgress,
+        match_key,
+    )
+    from domain.principal import PARTNER_ROLES, Principal, Role
+    from domain.projection import AuditEntry, Notification, ProcessRecord
+    from domain.tasks import CompleteTask, HumanTask, ReassignTask
+
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
+
+S = OpportunityStatus
+
+
+@workflow.defn(name="OpportunityReview")
+class OpportunityReview(ProcessWorkflow):
+    process = "opportunity"
+    task_kinds = PO_TASK_KINDS
+
+    @workflow.init
+    def __init__(self, inp: OpportunityReviewInput) -> None:
+        super().__init__()
+        self.inp = inp
+        self.po: OpportunityCreate = inp.opportunity
+        self.status = S.submitted
+        self.pdm: str | None = None
+        self.psm: str | None = None
+        self.duplicate_of: str | None = None
+        self.offering_unmatched = False
+        self.decision: Decision | None = None
+        self.created_at = workflow.now()
+
+    @workflow.run
+    async def run(self, inp: OpportunityReviewInput) -> dict[str, Any]:
+        assessment = await workflow.execute_activity_method(
+            ReadModelActivities.assess_opportunity,
+            AssessRequest(
+                route=RouteRequest(
+                    partner_id=inp.partner_id, region=self.po.region,
+                    industry=self.po.industry, offerings=self.po.offerings,
+                ),
+                duplicates=self._duplicate_query(),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        self.pdm, self.psm = assessment.pdm, assessment.psm
+        self.offering_unmatched = assessment.offering_unmatched
+        self.duplicate_of = assessment.duplicate_of
+        audit = [
+            AuditEntry(actor=inp.submitted_by, action="submitted", details=self._fields()),
+            AuditEntry(
+                actor="system", action="routed",
+                details={
+                    "pdm": self.pdm, "psm": self.psm, "duplicate_of": self.duplicate_of,
+                    "offering_unmatched": self.offering_unmatched,
+                },
+            ),
+        ]
+        await self._open_review_or_dispatch(audit)
+        await self.serve_until(lambda: self.status in FINAL_STATUSES)
+        return await self.finish()
+
+    # --- Updates the partner sends ----------------------------------------------------------
+
+    @workflow.update
+    async def cancel(self, cmd: CancelOpportunity) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @cancel.validator
+    def _validate_cancel(self, cmd: CancelOpportunity) -> None:
+        self._check_owner(cmd.actor)
+        self._check_cancel()
+
+    @workflow.update
+    async def resubmit(self, cmd: ResubmitOpportunity) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @resubmit.validator
+    def _validate_resubmit(self, cmd: ResubmitOpportunity) -> None:
+        self._check_owner(cmd.actor)
+        self._check_resubmit()
+
+    @workflow.update
+    async def update_progress(self, cmd: UpdateProgress) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @update_progress.validator
+    def _validate_update_progress(self, cmd: UpdateProgress) -> None:
+        self._check_owner(cmd.actor)
+        self._check_progress(cmd)
+
+    # --- the main loop's command handling ---------------------------------------------------
+
+    async def handle(self, pending: Pending) -> None:
+        cmd = pending.command
+        if isinstance(cmd, CompleteTask):
+            await self._complete(pending, cmd)
+        elif isinstance(cmd, ReassignTask):
+            await self.handle_reassign(pending, cmd)
+        elif isinstance(cmd, CancelOpportunity):
+            await self._cancel(pending, cmd)
+        elif isinstance(cmd, ResubmitOpportunity):
+            await self._resubmit(pending, cmd)
+        elif isinstance(cmd, UpdateProgress):
+            await self._progress(pending, cmd)
+        else:  # pragma: no cover - only the Updates above enqueue
+            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
+
+    async def _complete(self, pending: Pending, cmd: CompleteTask) -> None:
+        task, data = self.check_complete(cmd)
+        if task.kind == PO_DISPATCH.name:
+            self.finish_task(task, cmd)
+            self.pdm = str(cmd.data["pdm"])
+            await self._open_review_or_dispatch(
+                [AuditEntry(actor=cmd.actor.sub, action="dispatched", task_id=task.id,
+                            comment=cmd.comment, details={"pdm": self.pdm})]
+            )
+            self.resolve(pending)
+            return
+        criteria = getattr(data, "criteria", None)
+        if cmd.outcome == "approve":
+            # R-PO-4: the earlier approved PO wins. Looked up now, not at submission: the other
+            # PO may have been approved since.
+            approved = await workflow.execute_activity_method(
+                ReadModelActivities.find_approved_duplicate,
+                self._duplicate_query(),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            if approved is not None:
+                self.duplicate_of = approved
+                refuse(
+                    "PF.DUPLICATE_OF_APPROVED",
+                    f"{approved} for the same customer and project is already approved",
+                    duplicate_of=approved,
+                )
+            self.check_complete(cmd)  # the task may have moved while we looked
+        self.finish_task(task, cmd)
+        self.decision = Decision(
+            outcome=cmd.outcome, by=cmd.actor.sub, at=workflow.now(), comment=cmd.comment,
+            criteria=criteria,
+        )
+        self.status = {"approve": S.approved, "reject": S.rejected, "return": S.returned}[
+            cmd.outcome
+        ]
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub, action=f"review_{cmd.outcome}", task_id=task.id,
+                    comment=cmd.comment,
+                    details={"criteria": criteria.model_dump() if criteria else None},
+                )
+            ],
+            notifications=[self._partner_notice(f"your opportunity was {self.status.value}")],
+        )
+        self.resolve(pending)
+
+    async def _cancel(self, pending: Pending, cmd: CancelOpportunity) -> None:
+        self._check_owner(cmd.actor)
+        self._check_cancel()
+        self.cancel_open_tasks()
+        self.status = S.cancelled
+        await self.commit(
+            audit=[AuditEntry(actor=cmd.actor.sub, action="cancelled", comment=cmd.reason)]
+        )
+        self.resolve(pending)
+
+    async def _resubmit(self, pending: Pending, cmd: ResubmitOpportunity) -> None:
+        self._check_owner(cmd.actor)
+        self._check_resubmit()
+        before = self._fields()
+        self.po = cmd.opportunity
+        self.duplicate_of = await self._look_for_duplicate()
+        # R-PO-7: back to the same PDM who returned it.
+        await self._open_review_or_dispatch(
+            [AuditEntry(actor=cmd.actor.sub, action="resubmitted", comment=cmd.comment,
+                        details={"before": before, "after": self._fields()})]
+        )
+        self.resolve(pending)
+
+    async def _progress(self, pending: Pending, cmd: UpdateProgress) -> None:
+        self._check_owner(cmd.actor)
+        self._check_progress(cmd)
+        change = cmd.progress.model_dump(exclude_none=True, exclude={"stage"}, mode="json")
+        before = self._fields()
+        self.po = self.po.model_copy(update=cmd.progress.model_dump(
+            exclude_none=True, exclude={"stage"}))
+        reverify = match_key(self.po.customer_name, self.po.project_name) != match_key(
+            before["customer_name"], before["project_name"])
+        entry = AuditEntry(
+            actor=cmd.actor.sub, action="progress_updated",
+            details={"stage": cmd.progress.stage, "changes": change, "before": before},
+        )
+        if reverify:
+            # R-PO-9: a different customer or project is a different opportunity to verify.
+            self.duplicate_of = await self._look_for_duplicate()
+            entry.action = "reverification_requested"
+            await self._open_review_or_dispatch([entry])
+        else:
+            if cmd.progress.stage is not None:
+                self.status = S(cmd.progress.stage)
+            await self.commit(
+                audit=[entry],
+                notifications=[self._psm_notice()] if cmd.progress.stage else [],
+            )
+        self.resolve(pending)
+
+    # --- checks, shared by validators (before history) and the main loop -------------------
+
+    def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        if cmd.outcome == "approve" and isinstance(data, ReviewData):
+            if not data.criteria.all_passed:
+                failed = [k for k, v in data.criteria.model_dump().items() if not v]
+                refuse(
+                    "PF.CRITERIA_NOT_MET",
+                    "approval needs every review criterion to pass (R-PO-10)",
+                    failed=failed,
+                )
+
+    def _check_owner(self, actor: Principal) -> None:
+        if actor.partner_id != self.inp.partner_id or not actor.has(*PARTNER_ROLES):
+            refuse("PF.NOT_OWNER", "only the partner that submitted this opportunity may do this")
+
+    def _check_cancel(self) -> None:
+        if self.status not in UNDECIDED_STATUSES:
+            refuse(
+                "PF.WRONG_STATE",
+                f"a {self.status.value} opportunity can no longer be withdrawn (R-PO-6)",
+                status=self.status.value,
+            )
+
+    def _check_resubmit(self) -> None:
+        if self.status is not S.returned:
+            refuse(
+                "PF.WRONG_STATE",
+                f"only a returned opportunity can be resubmitted; this one is {self.status.value}",
+                status=self.status.value,
+            )
+
+    def _check_progress(self, cmd: UpdateProgress) -> None:
+        if self.status not in STAGE_MOVES:
+            refuse(
+                "PF.WRONG_STATE",
+                f"progress is updated after approval; this opportunity is {self.status.value}",
+                status=self.status.value,
+            )
+        p = cmd.progress
+        if p.stage is not None and S(p.stage) not in STAGE_MOVES[self.status]:
+            refuse(
+                "PF.INVALID_STAGE",
+                f"a {self.status.value} opportunity cannot move to {p.stage} (R-PO-11)",
+                allowed=sorted(s.value for s in STAGE_MOVES[self.status]),
+            )
+        changes_identity = (p.customer_name is not None and p.customer_name != self.po.customer_name
+                            ) or (p.project_name is not None and p.project_name != self.po.project_name)
+        if changes_identity and p.stage is not None:
+            refuse(
+                "PF.INVALID_STAGE",
+                "a change of customer or project re-opens verification; send the stage after it",
+            )
+        if not p.model_dump(exclude_none=True):
+            refuse("PF.VALIDATION_FAILED", "nothing to update")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _open_review_or_dispatch(self, audit: list[AuditEntry]) -> None:
+        sla = self.inp.policy.po_review_sla
+        if self.pdm is None:
+            # R-PO-3: no routing rule matched; the central dispatcher picks the PDM.
+            self.status = S.dispatching
+            task = self.open_task(
+                PO_DISPATCH, candidate_role=Role.dispatcher, sla=sla,
+                escalate_to_role=Role.dispatcher, partner_id=self.inp.partner_id,
+                submitted_by=self.inp.submitted_by,
+            )
+        else:
+            self.status = S.in_review
+            task = self.open_task(
+                PO_REVIEW, assignee=self.pdm, sla=sla, escalate_to_role=Role.dispatcher,
+                partner_id=self.inp.partner_id, submitted_by=self.inp.submitted_by,
+            )
+        await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+
+    async def _look_for_duplicate(self) -> str | None:
+        assessment = await workflow.execute_activity_method(
+            ReadModelActivities.assess_opportunity,
+            AssessRequest(
+                route=RouteRequest(partner_id=self.inp.partner_id, region=None, industry=None,
+                                   offerings=self.po.offerings),
+                duplicates=self._duplicate_query(),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        self.offering_unmatched = assessment.offering_unmatched
+        return assessment.duplicate_of
+
+    def _duplicate_query(self) -> DuplicateQuery:
+        return DuplicateQuery(
+            po_id=self.process_id, partner_id=self.inp.partner_id,
+            match_key=match_key(self.po.customer_name, self.po.project_name),
+        )
+
+    def _fields(self) -> dict[str, Any]:
+        return self.po.model_dump(mode="json")
+
+    def _partner_notice(self, what: str) -> Notification:
+        return Notification(
+            recipient=self.inp.submitted_by,
+            subject=f"[partnerflow] {self.po.project_name}: {what}",
+            body=(
+                f"Opportunity {self.process_id} ({self.po.customer_name} / "
+                f"{self.po.project_name}) is now {self.status.value}."
+                + (f"\nComment: {self.decision.comment}" if self.decision and
+                   self.decision.comment else "")
+            ),
+        )
+
+    def _psm_notice(self) -> Notification:
+        return Notification(
+            recipient=self.psm or self.pdm or str(Role.dispatcher),
+            subject=f"[partnerflow] {self.po.project_name} is {self.status.value}",
+            body=f"Opportunity {self.process_id} of partner {self.inp.partner_id} is "
+                 f"{self.status.value}.",
+        )
+
+    def view(self) -> dict[str, Any]:
+        open_task = self.open_task_of()
+        return OpportunityView(
+            id=self.process_id,
+            partner_id=self.inp.partner_id,
+            status=self.status,
+            customer_name=self.po.customer_name,
+            project_name=self.po.project_name,
+            offerings=self.po.offerings,
+            amount=self.po.amount,
+            region=self.po.region,
+            industry=self.po.industry,
+            expected_close_date=self.po.expected_close_date,
+            assignee=open_task.assignee if open_task else self.pdm,
+            psm=self.psm,
+            duplicate_of=self.duplicate_of,
+            offering_unmatched=self.offering_unmatched,
+            decision=self.decision,
+            open_task_id=open_task.id if open_task else None,
+            submitted_by=self.inp.submitted_by,
+            created_at=self.created_at,
+            updated_at=workflow.now(),
+        ).model_dump(mode="json")
+
+    def record(self, now: datetime) -> ProcessRecord:
+        return ProcessRecord(
+            id=self.process_id,
+            process=self.process,
+            partner_id=self.inp.partner_id,
+            status=self.status.value,
+            submitted_by=self.inp.submitted_by,
+            match_key=match_key(self.po.customer_name, self.po.project_name),
+            version=self.version,
+            created_at=self.created_at,
+            updated_at=now,
+            view=self.view(),
+        )
+
+    def describe(self) -> str:
+        task = self.open_task_of()
+        if task is None:
+            if self.status in (S.approved, S.won):
+                return (f"{self.status.value}: waiting for the partner's progress "
+                        "(won / lost / delivered)")
+            if self.status is S.returned:
+                return "returned to the partner for information; waiting for resubmission"
+            return f"{self.status.value}; nothing waits"
+        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        late = " (overdue, escalated to the dispatcher)" if task.escalated else ""
+        if task.kind == PO_DISPATCH.name:
+            return f"waiting for a dispatcher to assign a PDM (task {task.id}){due}{late}"
+        return f"waiting for PDM {task.assignee} to review (task {task.id}){due}{late}"
+
