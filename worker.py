@@ -63,10 +63,7 @@ async def running_worker(
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     stop_sender = asyncio.Event()
-    sender = OutboxSender(
-        sessions, smtp_url=settings.smtp_url, mail_from=settings.mail_from,
-        mail_domain=settings.mail_domain,
-    )
+    sender = OutboxSender.from_settings(sessions, settings)
     sender_task = asyncio.create_task(sender.run(stop_sender)) if send_notifications else None
     run_task = asyncio.create_task(worker.run())
     try:
