@@ -75,6 +75,7 @@ class ProcessWorkflow:
         self.recorded = 0  # of the last transition the read model has
         self.queue: deque[Pending] = deque()
         self.process_id = workflow.info().workflow_id
+        self.created_at = self.updated_at = workflow.now()
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -318,8 +319,9 @@ class ProcessWorkflow:
         self, *, audit: list[AuditEntry], notifications: list[Notification] | None = None
     ) -> None:
         self.version += 1
+        self.updated_at = workflow.now()
         transition = Transition(
-            record=self.record(workflow.now()),
+            record=self.record(self.updated_at),
             tasks=list(self.tasks.values()),
             audit=audit,
             notifications=notifications or [],

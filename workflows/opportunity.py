@@ -61,7 +61,6 @@ class OpportunityReview(ProcessWorkflow):
         self.duplicate_of: str | None = None
         self.offering_unmatched = False
         self.decision: Decision | None = None
-        self.created_at = workflow.now()
 
     @workflow.run
     async def run(self, inp: OpportunityReviewInput) -> dict[str, Any]:
@@ -379,7 +378,7 @@ class OpportunityReview(ProcessWorkflow):
             open_task_id=open_task.id if open_task else None,
             submitted_by=self.inp.submitted_by,
             created_at=self.created_at,
-            updated_at=workflow.now(),
+            updated_at=self.updated_at,
         ).model_dump(mode="json")
 
     def record(self, now: datetime) -> ProcessRecord:
