@@ -32,6 +32,13 @@ PASSTHROUGH_MODULES = ("domain", "activities", "pydantic", "pydantic_core", "iso
                        "sqlalchemy", "sqlmodel")
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox every worker and replayer uses, so a replay runs what production runs."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+    )
+
+
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
         settings.resolved_temporal_address,
@@ -55,11 +62,7 @@ async def running_worker(
         workflows=ALL_WORKFLOWS,
         activities=[store.apply_transition, store.assess_opportunity,
                     store.find_approved_duplicate],
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                *PASSTHROUGH_MODULES
-            )
-        ),
+        workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     stop_sender = asyncio.Event()

@@ -1,0 +1,94 @@
+"""Determinism: committed histories replay against the current workflow code.
+
+A change to a workflow with running executions must keep these green (use `workflow.patched`).
+To record a new history, run this file with PARTNERFLOW_RECORD_HISTORIES=1 and commit the file
+it writes under tests/histories/. Files are named `<label>__<workflow id>.json`: replay needs the
+original workflow id (task ids are derived from it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.changed_workflow import ChangedWithoutPatch
+from tests.conftest import Stack
+from tests.helpers import ALL_PASS, Actors, complete, submit
+from worker import workflow_runner
+from workflows import ALL_WORKFLOWS
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def replayer(workflows: list[type] | None = None) -> Replayer:
+    return Replayer(
+        workflows=workflows or ALL_WORKFLOWS,
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+
+
+def committed() -> list[Path]:
+    return sorted(HISTORIES.glob("*__*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    workflow_id = path.stem.split("__", 1)[1]
+    return WorkflowHistory.from_json(workflow_id, path.read_text())
+
+
+def test_histories_are_committed() -> None:
+    labels = {p.stem.split("__")[0] for p in committed()}
+    assert "opportunity_review_full" in labels, labels
+
+
+@pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])
+async def test_committed_history_replays_on_current_code(path: Path) -> None:
+    await replayer().replay_workflow(load(path))
+
+
+async def test_replay_catches_an_unpatched_change() -> None:
+    path = next(p for p in committed() if p.stem.startswith("opportunity_review_full__"))
+    history = load(path)
+    result = await replayer([ChangedWithoutPatch]).replay_workflow(
+        history, raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "nondetermin" in str(result.replay_failure).lower()
+
+
+async def test_full_po_history_replays(stack: Stack) -> None:
+    """A PO through every step (dispatch, return, resubmit, approve, won, delivered), replayed."""
+    if stack.db != "sqlite":
+        pytest.skip("one recording is enough; the workflow code does not depend on the store")
+    a = Actors(stack)
+    po = await submit(stack.http, a.cobalt, region="nowhere")
+    await complete(stack.http, a.dispatcher, po["open_task_id"], "dispatch",
+                   data={"pdm": "pdm-wang"})
+    view = (await stack.http.get(f"/v1/opportunities/{po['id']}", headers=a.cobalt)).json()
+    await complete(stack.http, a.pdm_wang, view["open_task_id"], "return", comment="more info")
+    body = {k: view[k] for k in ("customer_name", "project_name", "offerings", "amount",
+                                 "region", "industry", "expected_close_date")}
+    r = await stack.http.post(f"/v1/opportunities/{po['id']}/resubmit", json=body,
+                              headers=a.cobalt)
+    await complete(stack.http, a.pdm_wang, r.json()["open_task_id"], "approve",
+                   data={"criteria": ALL_PASS})
+    for stage in ("won", "delivered"):
+        r = await stack.http.patch(f"/v1/opportunities/{po['id']}", json={"stage": stage},
+                                   headers=a.cobalt)
+        assert r.status_code == 200, r.text
+    handle = stack.client.get_workflow_handle(po["id"])
+    assert (await handle.result())["status"] == "delivered"
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    await replayer().replay_workflow(WorkflowHistory.from_json(po["id"], history.to_json()))
+    if os.environ.get("PARTNERFLOW_RECORD_HISTORIES") == "1":
+        HISTORIES.mkdir(exist_ok=True)
+        for old in HISTORIES.glob("opportunity_review_full__*.json"):
+            old.unlink()
+        (HISTORIES / f"opportunity_review_full__{po['id']}.json").write_text(history.to_json())
