@@ -42,7 +42,8 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default SQLite under the data dir"
     )
     temporal_address: str | None = Field(
-        default=None, description="host:port of the Temporal frontend; default 127.0.0.1:TEMPORAL_PORT"
+        default=None,
+        description="host:port of the Temporal frontend; default 127.0.0.1:TEMPORAL_PORT",
     )
     temporal_namespace: str = "default"
     task_queue: str = "partnerflow"

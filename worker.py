@@ -28,8 +28,15 @@ log = logging.getLogger("partnerflow.worker")
 
 # Our pure domain modules and the libraries they use are loaded once, outside the sandbox:
 # re-importing pydantic models per workflow run costs time and memory for nothing.
-PASSTHROUGH_MODULES = ("domain", "activities", "pydantic", "pydantic_core", "isodate",
-                       "sqlalchemy", "sqlmodel")
+PASSTHROUGH_MODULES = (
+    "domain",
+    "activities",
+    "pydantic",
+    "pydantic_core",
+    "isodate",
+    "sqlalchemy",
+    "sqlmodel",
+)
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -49,7 +56,10 @@ async def connect(settings: Settings) -> Client:
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, client: Client, *, task_queue: str | None = None,
+    settings: Settings,
+    client: Client,
+    *,
+    task_queue: str | None = None,
     send_notifications: bool = True,
 ) -> AsyncIterator[Worker]:
     """A started worker with its activities and (optionally) the outbox sender."""
@@ -60,8 +70,11 @@ async def running_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=[store.apply_transition, store.assess_opportunity,
-                    store.find_approved_duplicate],
+        activities=[
+            store.apply_transition,
+            store.assess_opportunity,
+            store.find_approved_duplicate,
+        ],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

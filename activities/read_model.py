@@ -46,7 +46,9 @@ class ReadModelActivities:
             route = await readmodel.route(session, req.route)
             duplicate = await readmodel.find_duplicate(session, req.duplicates)
         return Assessment(
-            pdm=route.pdm, psm=route.psm, offering_unmatched=route.offering_unmatched,
+            pdm=route.pdm,
+            psm=route.psm,
+            offering_unmatched=route.offering_unmatched,
             duplicate_of=duplicate,
         )
 

@@ -16,7 +16,11 @@ ALGORITHM = "HS256"
 
 
 def mint_token(
-    secret: str, *, sub: str, roles: list[str], partner_id: str | None = None,
+    secret: str,
+    *,
+    sub: str,
+    roles: list[str],
+    partner_id: str | None = None,
     ttl_seconds: int = 86400,
 ) -> str:
     now = int(time.time())
@@ -48,7 +52,8 @@ def current_user(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
-            "PF.UNAUTHENTICATED", "send Authorization: Bearer <JWT>",
+            "PF.UNAUTHENTICATED",
+            "send Authorization: Bearer <JWT>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     principal = principal_from_token(token.strip(), request.app.state.settings.jwt_secret)
@@ -61,14 +66,14 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 
 def require_roles(principal: Principal, *roles: Role) -> None:
     if not principal.has(*roles):
-        raise ApiError(
-            "PF.FORBIDDEN", f"this needs one of the roles: {', '.join(sorted(roles))}"
-        )
+        raise ApiError("PF.FORBIDDEN", f"this needs one of the roles: {', '.join(sorted(roles))}")
 
 
 def require_partner_user(principal: Principal) -> str:
     if not principal.is_partner_user or principal.partner_id is None:
-        raise ApiError("PF.FORBIDDEN", "only partner users (partner_admin, partner_member) may do this")
+        raise ApiError(
+            "PF.FORBIDDEN", "only partner users (partner_admin, partner_member) may do this"
+        )
     return principal.partner_id
 
 

@@ -48,8 +48,13 @@ class ApiError(Exception):
         return status_for(self.code)
 
 
-def envelope(code: str, message: str, details: Any = None, status: int | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    code: str,
+    message: str,
+    details: Any = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
         status_code=status or status_for(code),
         content=ErrorEnvelope(error_code=code, error_msg=message, details=details).model_dump(
@@ -74,7 +79,7 @@ def temporal_errors(what: str) -> Iterator[None]:
     try:
         yield
     except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
+        cause: BaseException | None = exc.cause
         while cause is not None and not isinstance(cause, ApplicationError):
             cause = cause.__cause__
         if isinstance(cause, ApplicationError):
@@ -94,10 +99,14 @@ def temporal_errors(what: str) -> Iterator[None]:
             raise ApiError("PF.PROCESS_CLOSED", f"{what}: the process is closed") from exc
         if exc.status is RPCStatusCode.NOT_FOUND:
             raise ApiError("PF.NOT_FOUND", f"{what}: no such process") from exc
-        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
-                          RPCStatusCode.RESOURCE_EXHAUSTED):
-            raise ApiError("PF.UNAVAILABLE", f"{what}: Temporal is unavailable",
-                           headers={"Retry-After": "5"}) from exc
+        if exc.status in (
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+        ):
+            raise ApiError(
+                "PF.UNAVAILABLE", f"{what}: Temporal is unavailable", headers={"Retry-After": "5"}
+            ) from exc
         raise
 
 
@@ -119,12 +128,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
-            404: "PF.NOT_FOUND", 405: "PF.METHOD_NOT_ALLOWED", 401: "PF.UNAUTHENTICATED",
-            403: "PF.FORBIDDEN", 413: "PF.PAYLOAD_TOO_LARGE",
+            404: "PF.NOT_FOUND",
+            405: "PF.METHOD_NOT_ALLOWED",
+            401: "PF.UNAUTHENTICATED",
+            403: "PF.FORBIDDEN",
+            413: "PF.PAYLOAD_TOO_LARGE",
         }.get(exc.status_code, "PF.BAD_REQUEST")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return envelope(code, message, status=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+        return envelope(
+            code, message, status=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -26,8 +26,12 @@ from store.models import IdempotencyRecord
 IdempotencyKey = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key", min_length=1, max_length=200,
-        description="Repeat a POST with the same key to get the first answer, never a second effect.",
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description=(
+            "Repeat a POST with the same key to get the first answer, never a second effect."
+        ),
     ),
 ]
 
@@ -62,9 +66,11 @@ async def idempotent(
     content = await action()
     try:
         async with sessions() as session, session.begin():
-            session.add(IdempotencyRecord(
-                scope=scope, request_hash=digest, status_code=status_code, response=content
-            ))
+            session.add(
+                IdempotencyRecord(
+                    scope=scope, request_hash=digest, status_code=status_code, response=content
+                )
+            )
     except IntegrityError:
         # a concurrent twin stored its answer first: that one is the first answer
         async with sessions() as session:
@@ -81,6 +87,7 @@ def _replay(stored: IdempotencyRecord, digest: str) -> JSONResponse:
             "this Idempotency-Key was used with a different request body",
         )
     return JSONResponse(
-        status_code=stored.status_code, content=stored.response,
+        status_code=stored.status_code,
+        content=stored.response,
         headers={"Idempotent-Replayed": "true"},
     )

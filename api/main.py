@@ -40,14 +40,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(
-        title="partnerflow", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        title="partnerflow",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
     )
     install_error_handlers(app)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
-        return envelope("PF.PAYLOAD_TOO_LARGE",
-                        f"the body is larger than {settings.max_body_bytes} bytes")
+        return envelope(
+            "PF.PAYLOAD_TOO_LARGE", f"the body is larger than {settings.max_body_bytes} bytes"
+        )
 
     app.add_middleware(
         GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit

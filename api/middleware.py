@@ -17,7 +17,9 @@ REQUESTS = Counter(
     "partnerflow_http_requests_total", "HTTP requests", ["method", "route", "status"]
 )
 LATENCY = Histogram(
-    "partnerflow_http_request_seconds", "HTTP request latency", ["method", "route"],
+    "partnerflow_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
@@ -95,18 +97,25 @@ class GuardMiddleware:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return envelope("PF.PAYLOAD_TOO_LARGE",
-                            f"the body is larger than {self.max_body_bytes} bytes")
+            return envelope(
+                "PF.PAYLOAD_TOO_LARGE", f"the body is larger than {self.max_body_bytes} bytes"
+            )
         if scope["path"] in ("/healthz", "/readyz", "/metrics"):
             return None
         auth = headers.get(b"authorization")
         client = scope.get("client")
-        caller = (hashlib.sha256(auth).hexdigest() if auth else
-                  f"addr:{client[0] if client else 'unknown'}")
+        caller = (
+            hashlib.sha256(auth).hexdigest()
+            if auth
+            else f"addr:{client[0] if client else 'unknown'}"
+        )
         wait = self.limiter.take(caller)
         if wait > 0:
-            return envelope("PF.RATE_LIMITED", "too many requests; retry after the given seconds",
-                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            return envelope(
+                "PF.RATE_LIMITED",
+                "too many requests; retry after the given seconds",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         return None
 
     def _limited_receive(self, receive: Receive) -> Receive:

@@ -68,7 +68,9 @@ async def start_process(
     with temporal_errors(f"starting {process} {workflow_id}"):
         result: dict[str, Any] = await asyncio.wait_for(
             client.execute_update_with_start_workflow(
-                "submitted", start_workflow_operation=operation, id="submitted",
+                "submitted",
+                start_workflow_operation=operation,
+                id="submitted",
                 result_type=dict,
             ),
             timeout=settings.update_timeout_seconds,

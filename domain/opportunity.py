@@ -1,4 +1,4 @@
-"""Partner opportunity (PO) shapes and pure rules: R-PO-1, R-PO-4 matching, R-PO-7, R-PO-10, R-PO-11."""
+"""Partner opportunity (PO) shapes and pure rules: R-PO-1, R-PO-4, R-PO-7, R-PO-10, R-PO-11."""
 
 from __future__ import annotations
 
@@ -35,12 +35,20 @@ class OpportunityStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset(
-    {OpportunityStatus.rejected, OpportunityStatus.cancelled, OpportunityStatus.lost,
-     OpportunityStatus.delivered}
+    {
+        OpportunityStatus.rejected,
+        OpportunityStatus.cancelled,
+        OpportunityStatus.lost,
+        OpportunityStatus.delivered,
+    }
 )
 UNDECIDED_STATUSES = frozenset(
-    {OpportunityStatus.submitted, OpportunityStatus.dispatching, OpportunityStatus.in_review,
-     OpportunityStatus.returned}
+    {
+        OpportunityStatus.submitted,
+        OpportunityStatus.dispatching,
+        OpportunityStatus.in_review,
+        OpportunityStatus.returned,
+    }
 )
 # R-PO-11: an approved PO moves on; delivered makes it eligible for an incentive (R-INC-1).
 STAGE_MOVES: dict[OpportunityStatus, frozenset[OpportunityStatus]] = {

@@ -99,9 +99,9 @@ def may_act_on(task: HumanTask, actor: Principal) -> bool:
 
 
 def check_completion(task: HumanTask | None, kind: TaskKind, cmd: CompleteTask) -> BaseModel | None:
-    """Refuse (raise) unless `cmd` may complete `task`; return its parsed `data`, if the outcome has a model.
+    """Refuse (raise) unless `cmd` may complete `task`; return `data` parsed by the outcome's model.
 
-    Order matters for callers: existence, then state, then who, then what.
+    Order matters to callers: existence, then state, then who, then what.
     """
     if task is None:
         refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
@@ -131,9 +131,7 @@ def check_completion(task: HumanTask | None, kind: TaskKind, cmd: CompleteTask) 
         refuse(
             "PF.INVALID_DATA",
             f"data for outcome {cmd.outcome!r} is not valid",
-            errors=[
-                {"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()
-            ],
+            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
         )
 
 

@@ -40,8 +40,11 @@ async def claim(
             async with sessions() as session, session.begin():
                 result = await session.exec(
                     update(Claim)
-                    .where(col(Claim.scope) == scope, col(Claim.key) == key,
-                           col(Claim.owner_id) == held.owner_id)
+                    .where(
+                        col(Claim.scope) == scope,
+                        col(Claim.key) == key,
+                        col(Claim.owner_id) == held.owner_id,
+                    )
                     .values(owner_id=owner_id)
                 )
             if result.rowcount == 1:

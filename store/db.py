@@ -60,7 +60,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
         pool_timeout=5,
     )
 

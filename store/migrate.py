@@ -1,4 +1,4 @@
-"""Apply Alembic migrations: `python -m store.migrate` (upgrade to head), used by `make run` and tests."""
+"""Apply Alembic migrations: `python -m store.migrate` (to head); `make run` and tests use it."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from store.models import AuditEvent, Offering, OutboxMessage, ProcessRow, Routin
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
@@ -119,7 +119,7 @@ _NOT_LIVE = tuple(s.value for s in FINAL_STATUSES if s is not OpportunityStatus.
 
 
 async def find_duplicate(session: AsyncSession, q: DuplicateQuery) -> str | None:
-    """R-PO-4: the earliest open or approved PO of another partner with the same (customer, project)."""
+    """R-PO-4: the earliest open or approved PO of another partner for the same customer/project."""
     stmt = (
         select(ProcessRow.id)
         .where(ProcessRow.process == "opportunity")
@@ -138,8 +138,10 @@ async def find_duplicate(session: AsyncSession, q: DuplicateQuery) -> str | None
 
 def _specificity(rule: RoutingRule) -> tuple[int, int]:
     # partner beats region beats industry; then the earlier rule in the table wins
-    weight = 4 * (rule.partner_id is not None) + 2 * (rule.region is not None) + (
-        rule.industry is not None
+    weight = (
+        4 * (rule.partner_id is not None)
+        + 2 * (rule.region is not None)
+        + (rule.industry is not None)
     )
     return (weight, -rule.position)
 
@@ -160,7 +162,10 @@ async def route(session: AsyncSession, req: RouteRequest) -> RouteResult:
     rules = (
         await session.exec(
             select(RoutingRule).where(
-                sa.or_(col(RoutingRule.partner_id).is_(None), RoutingRule.partner_id == req.partner_id)
+                sa.or_(
+                    col(RoutingRule.partner_id).is_(None),
+                    col(RoutingRule.partner_id) == req.partner_id,
+                )
             )
         )
     ).all()

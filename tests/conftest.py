@@ -49,9 +49,7 @@ class PostgresDatabases:
         with psycopg.connect(_pg_conninfo(POSTGRES_ADMIN_URL), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         self.created.append(name)
-        return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(
-            hide_password=False
-        )
+        return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         with psycopg.connect(_pg_conninfo(POSTGRES_ADMIN_URL), autocommit=True) as conn:
@@ -77,9 +75,7 @@ def new_database_url(kind: str, tmp_path: Path, pg: PostgresDatabases | None) ->
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, migrated database of each kind: store tests run on both."""
     pg = request.getfixturevalue("postgres_databases") if request.param == "postgresql" else None
     url = new_database_url(request.param, tmp_path, pg)
@@ -131,12 +127,15 @@ def free_port() -> int:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, interval: float = 0.05,
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = await probe()
         if last:
@@ -154,18 +153,20 @@ class TemporalServer:
     command: list[str] = field(default_factory=list)
 
 
-def start_temporal(tmp: Path, *, db_file: Path | None = None, port: int | None = None,
-                   ui_port: int | None = None) -> TemporalServer:
+def start_temporal(
+    tmp: Path, *, db_file: Path | None = None, port: int | None = None, ui_port: int | None = None
+) -> TemporalServer:
     port = port or free_port()
     ui_port = ui_port or free_port()
     db_file = db_file or tmp / "temporal.db"
     settings = Settings(temporal_port=port, ui_port=ui_port)
     command = temporal_dev_server_command(
-        settings, str(db_file), extra=["--http-port", str(free_port()),
-                                       "--metrics-port", str(free_port())]
+        settings,
+        str(db_file),
+        extra=["--http-port", str(free_port()), "--metrics-port", str(free_port())],
     )
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / f"temporal-{port}.log", "wb")  # noqa: SIM115
+    log = open(ARTIFACTS / f"temporal-{port}.log", "wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -179,8 +180,9 @@ def start_temporal(tmp: Path, *, db_file: Path | None = None, port: int | None =
     else:
         proc.kill()
         raise RuntimeError("temporal dev server did not open its port in 60s")
-    return TemporalServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", db_file, proc,
-                          command)
+    return TemporalServer(
+        f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", db_file, proc, command
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
@@ -209,7 +211,7 @@ async def wait_for_namespace(client: Client) -> None:
                 DescribeNamespaceRequest(namespace=client.namespace)
             )
             return True
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception:
             return False
 
     await eventually(ready, timeout=30, what="the Temporal namespace")
@@ -222,8 +224,13 @@ class ApiServer:
         self.port = free_port()
         self.settings = settings
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
-                           log_level="warning", lifespan="on")
+            uvicorn.Config(
+                create_app(settings),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+            )
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -260,46 +267,72 @@ class Stack:
     fast_http: httpx.AsyncClient
     sessions: Any
 
-    def token(self, sub: str, roles: list[str], partner_id: str | None = None,
-              ttl: int = 3600) -> str:
-        return mint_token(self.settings.jwt_secret, sub=sub, roles=roles, partner_id=partner_id,
-                          ttl_seconds=ttl)
+    def token(
+        self, sub: str, roles: list[str], partner_id: str | None = None, ttl: int = 3600
+    ) -> str:
+        return mint_token(
+            self.settings.jwt_secret, sub=sub, roles=roles, partner_id=partner_id, ttl_seconds=ttl
+        )
 
     def auth(self, sub: str, roles: list[str], partner_id: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(sub, roles, partner_id)}"}
 
 
-FAST_POLICY = Policy(po_review_sla="PT4S", cert_validity="PT30S", recert_window="PT10S",
-                     payout_sla="PT4S", invite_ttl="PT4S")
+FAST_POLICY = Policy(
+    po_review_sla="PT4S",
+    cert_validity="PT30S",
+    recert_window="PT10S",
+    payout_sla="PT4S",
+    invite_ttl="PT4S",
+)
 
 
 async def load_reference_data(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
     partners = {
-        "p-acme": {"name": "Acme Cloud", "kind": "solution_provider", "tier": "core",
-                   "region": "east-china", "business_info_certified": True},
-        "p-bright": {"name": "Bright Data", "kind": "solution_provider", "tier": "leading",
-                     "region": "north-china"},
+        "p-acme": {
+            "name": "Acme Cloud",
+            "kind": "solution_provider",
+            "tier": "core",
+            "region": "east-china",
+            "business_info_certified": True,
+        },
+        "p-bright": {
+            "name": "Bright Data",
+            "kind": "solution_provider",
+            "tier": "leading",
+            "region": "north-china",
+        },
         "p-cobalt": {"name": "Cobalt Soft", "kind": "software", "region": "south-china"},
     }
     for pid, body in partners.items():
         r = await http.put(f"/v1/admin/partners/{pid}", json=body, headers=admin)
         assert r.status_code == 200, r.text
-    r = await http.put("/v1/admin/offerings", headers=admin, json=[
-        {"code": "ecs", "name": "Elastic Compute"}, {"code": "rds", "name": "Relational DB"},
-        {"code": "oss", "name": "Object Storage"},
-    ])
+    r = await http.put(
+        "/v1/admin/offerings",
+        headers=admin,
+        json=[
+            {"code": "ecs", "name": "Elastic Compute"},
+            {"code": "rds", "name": "Relational DB"},
+            {"code": "oss", "name": "Object Storage"},
+        ],
+    )
     assert r.status_code == 200, r.text
-    r = await http.put("/v1/admin/routing-rules", headers=admin, json=[
-        {"partner_id": "p-acme", "pdm": "pdm-li", "psm": "psm-zhao"},
-        {"region": "north-china", "pdm": "pdm-wang", "psm": "psm-qian"},
-        {"region": "north-china", "industry": "finance", "pdm": "pdm-sun"},
-    ])
+    r = await http.put(
+        "/v1/admin/routing-rules",
+        headers=admin,
+        json=[
+            {"partner_id": "p-acme", "pdm": "pdm-li", "psm": "psm-zhao"},
+            {"region": "north-china", "pdm": "pdm-wang", "psm": "psm-qian"},
+            {"region": "north-china", "industry": "finance", "pdm": "pdm-sun"},
+        ],
+    )
     assert r.status_code == 200, r.text
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 async def stack(
-    request: pytest.FixtureRequest, temporal_server: TemporalServer,
+    request: pytest.FixtureRequest,
+    temporal_server: TemporalServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     """The whole service on each database: every end-to-end test runs on SQLite and PostgreSQL."""
@@ -321,10 +354,20 @@ async def stack(
     async with running_worker(settings, client):
         await api.start()
         await fast_api.start()
-        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http, \
-                httpx.AsyncClient(base_url=fast_api.url, timeout=30) as fast_http:
-            s = Stack(request.param, settings, client, api, fast_api, http, fast_http,
-                      session_factory(engine))
+        async with (
+            httpx.AsyncClient(base_url=api.url, timeout=30) as http,
+            httpx.AsyncClient(base_url=fast_api.url, timeout=30) as fast_http,
+        ):
+            s = Stack(
+                request.param,
+                settings,
+                client,
+                api,
+                fast_api,
+                http,
+                fast_http,
+                session_factory(engine),
+            )
             await load_reference_data(http, s.auth("ops-1", ["ops_admin"]))
             yield s
         await fast_api.stop()

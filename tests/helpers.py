@@ -42,18 +42,27 @@ class Actors:
         self.admin = stack.auth("ops-1", ["ops_admin"])
 
 
-async def submit(http: httpx.AsyncClient, headers: dict[str, str], **overrides: Any
-                 ) -> dict[str, Any]:
+async def submit(
+    http: httpx.AsyncClient, headers: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
     r = await http.post("/v1/opportunities", json=po_body(**overrides), headers=headers)
     assert r.status_code == 201, r.text
     result: dict[str, Any] = r.json()
     return result
 
 
-async def complete(http: httpx.AsyncClient, headers: dict[str, str], task_id: str,
-                   outcome: str, *, expect: int = 200, **body: Any) -> dict[str, Any]:
-    r = await http.post(f"/v1/tasks/{task_id}/complete", json={"outcome": outcome, **body},
-                        headers=headers)
+async def complete(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    task_id: str,
+    outcome: str,
+    *,
+    expect: int = 200,
+    **body: Any,
+) -> dict[str, Any]:
+    r = await http.post(
+        f"/v1/tasks/{task_id}/complete", json={"outcome": outcome, **body}, headers=headers
+    )
     assert r.status_code == expect, r.text
     result: dict[str, Any] = r.json()
     return result
@@ -66,15 +75,22 @@ async def get_po(http: httpx.AsyncClient, headers: dict[str, str], po_id: str) -
     return result
 
 
-async def history_actions(http: httpx.AsyncClient, headers: dict[str, str], po_id: str
-                          ) -> list[str]:
+async def history_actions(
+    http: httpx.AsyncClient, headers: dict[str, str], po_id: str
+) -> list[str]:
     r = await http.get(f"/v1/opportunities/{po_id}/history", headers=headers)
     assert r.status_code == 200, r.text
     return [item["action"] for item in r.json()["items"]]
 
 
-async def wait_po(http: httpx.AsyncClient, headers: dict[str, str], po_id: str,
-                  predicate: Any, what: str, timeout: float = 20) -> dict[str, Any]:
+async def wait_po(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    po_id: str,
+    predicate: Any,
+    what: str,
+    timeout: float = 20,
+) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         view = await get_po(http, headers, po_id)
         return view if predicate(view) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import httpx
 import jwt
@@ -18,9 +19,9 @@ from tests.conftest import ApiServer, Stack
 from tests.helpers import ALL_PASS, Actors, complete, history_actions, po_body, submit
 
 
-def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> dict:
+def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, r.text
-    body = r.json()
+    body: dict[str, Any] = r.json()
     assert set(body) == {"error_code", "error_msg", "details"}, body
     assert body["error_code"].startswith("PF.") and body["error_msg"]
     if code is not None:
@@ -41,20 +42,27 @@ class TestAuthentication:
         assert_envelope(r, 401, "PF.UNAUTHENTICATED")
 
     async def test_r_x_2_expired_token_is_401(self, stack: Stack) -> None:
-        token = jwt.encode({"sub": "pdm-li", "roles": ["pdm"], "exp": int(time.time()) - 10},
-                           stack.settings.jwt_secret, algorithm="HS256")
+        token = jwt.encode(
+            {"sub": "pdm-li", "roles": ["pdm"], "exp": int(time.time()) - 10},
+            stack.settings.jwt_secret,
+            algorithm="HS256",
+        )
         r = await stack.http.get("/v1/tasks", headers={"Authorization": f"Bearer {token}"})
         assert "expired" in assert_envelope(r, 401, "PF.UNAUTHENTICATED")["error_msg"]
 
     async def test_r_x_2_token_signed_with_another_key_is_401(self, stack: Stack) -> None:
-        token = mint_token("another-secret-that-is-long-enough-0123456789", sub="ops-1",
-                           roles=["ops_admin"])
+        token = mint_token(
+            "another-secret-that-is-long-enough-0123456789", sub="ops-1", roles=["ops_admin"]
+        )
         r = await stack.http.get("/v1/tasks", headers={"Authorization": f"Bearer {token}"})
         assert_envelope(r, 401, "PF.UNAUTHENTICATED")
 
     async def test_r_x_2_unsigned_token_is_401(self, stack: Stack) -> None:
-        token = jwt.encode({"sub": "ops-1", "roles": ["ops_admin"],
-                            "exp": int(time.time()) + 60}, key=None, algorithm="none")
+        token = jwt.encode(
+            {"sub": "ops-1", "roles": ["ops_admin"], "exp": int(time.time()) + 60},
+            key=None,
+            algorithm="none",
+        )
         r = await stack.http.get("/v1/tasks", headers={"Authorization": f"Bearer {token}"})
         assert_envelope(r, 401, "PF.UNAUTHENTICATED")
 
@@ -70,20 +78,27 @@ class TestErrors:
 
     async def test_r_x_2_unknown_ids_are_404(self, stack: Stack) -> None:
         a = Actors(stack)
-        assert_envelope(await stack.http.get("/v1/opportunities/po-nope", headers=a.acme), 404,
-                        "PF.NOT_FOUND")
-        assert_envelope(await stack.http.get("/v1/tasks/po-nope.1", headers=a.pdm_li), 404,
-                        "PF.TASK_NOT_FOUND")
-        r = await stack.http.post("/v1/tasks/po-nope.1/complete", json={"outcome": "approve"},
-                                  headers=a.pdm_li)
+        assert_envelope(
+            await stack.http.get("/v1/opportunities/po-nope", headers=a.acme), 404, "PF.NOT_FOUND"
+        )
+        assert_envelope(
+            await stack.http.get("/v1/tasks/po-nope.1", headers=a.pdm_li), 404, "PF.TASK_NOT_FOUND"
+        )
+        r = await stack.http.post(
+            "/v1/tasks/po-nope.1/complete", json={"outcome": "approve"}, headers=a.pdm_li
+        )
         assert_envelope(r, 404, "PF.TASK_NOT_FOUND")
-        assert_envelope(await stack.http.get("/v1/opportunities/po-nope/history",
-                                             headers=a.acme), 404)
+        assert_envelope(
+            await stack.http.get("/v1/opportunities/po-nope/history", headers=a.acme), 404
+        )
 
     async def test_r_x_2_malformed_json_is_400(self, stack: Stack) -> None:
         a = Actors(stack)
-        r = await stack.http.post("/v1/opportunities", content=b'{"customer_name": ',
-                                  headers={**a.acme, "Content-Type": "application/json"})
+        r = await stack.http.post(
+            "/v1/opportunities",
+            content=b'{"customer_name": ',
+            headers={**a.acme, "Content-Type": "application/json"},
+        )
         assert_envelope(r, 400, "PF.MALFORMED_JSON")
 
     async def test_r_x_2_oversized_body_is_413(self, stack: Stack) -> None:
@@ -95,8 +110,7 @@ class TestErrors:
     async def test_r_x_2_unknown_outcome_is_422(self, stack: Stack) -> None:
         a = Actors(stack)
         po = await submit(stack.http, a.acme)
-        err = await complete(stack.http, a.pdm_li, po["open_task_id"], "rubber-stamp",
-                             expect=422)
+        err = await complete(stack.http, a.pdm_li, po["open_task_id"], "rubber-stamp", expect=422)
         assert err["error_code"] == "PF.INVALID_OUTCOME"
         assert err["details"]["allowed"] == ["approve", "reject", "return"]
 
@@ -125,15 +139,17 @@ class TestAuthorization:
     async def test_r_x_5_a_pdm_cannot_complete_another_pdms_task(self, stack: Stack) -> None:
         a = Actors(stack)
         po = await submit(stack.http, a.acme)
-        r = await stack.http.post(f"/v1/tasks/{po['open_task_id']}/complete",
-                                  json={"outcome": "approve", "data": {"criteria": ALL_PASS}},
-                                  headers=a.pdm_wang)
+        r = await stack.http.post(
+            f"/v1/tasks/{po['open_task_id']}/complete",
+            json={"outcome": "approve", "data": {"criteria": ALL_PASS}},
+            headers=a.pdm_wang,
+        )
         assert_envelope(r, 403)
         assert (await stack.http.get(f"/v1/opportunities/{po['id']}", headers=a.acme)).json()[
-            "status"] == "in_review"
+            "status"
+        ] == "in_review"
 
-    async def test_r_x_5_partner_users_cannot_use_admin_or_staff_routes(self,
-                                                                       stack: Stack) -> None:
+    async def test_r_x_5_partner_users_cannot_use_admin_or_staff_routes(self, stack: Stack) -> None:
         a = Actors(stack)
         for method, path, body in [
             ("PUT", "/v1/admin/partners/p-acme", {"name": "x", "kind": "software"}),
@@ -144,27 +160,37 @@ class TestAuthorization:
             r = await stack.http.request(method, path, json=body, headers=a.acme)
             assert_envelope(r, 403, "PF.FORBIDDEN")
         po = await submit(stack.http, a.acme)
-        r = await stack.http.post(f"/v1/tasks/{po['open_task_id']}/complete",
-                                  json={"outcome": "approve", "data": {"criteria": ALL_PASS}},
-                                  headers=a.acme)
+        r = await stack.http.post(
+            f"/v1/tasks/{po['open_task_id']}/complete",
+            json={"outcome": "approve", "data": {"criteria": ALL_PASS}},
+            headers=a.acme,
+        )
         assert_envelope(r, 403)
 
     async def test_r_x_5_staff_cannot_submit_opportunities(self, stack: Stack) -> None:
-        r = await stack.http.post("/v1/opportunities", json=po_body(),
-                                  headers=Actors(stack).pdm_li)
+        r = await stack.http.post("/v1/opportunities", json=po_body(), headers=Actors(stack).pdm_li)
         assert_envelope(r, 403, "PF.FORBIDDEN")
 
     async def test_r_x_5_unregistered_partner_cannot_submit(self, stack: Stack) -> None:
-        r = await stack.http.post("/v1/opportunities", json=po_body(),
-                                  headers=stack.auth("u-ghost", ["partner_admin"], "p-ghost"))
+        r = await stack.http.post(
+            "/v1/opportunities",
+            json=po_body(),
+            headers=stack.auth("u-ghost", ["partner_admin"], "p-ghost"),
+        )
         assert_envelope(r, 403, "PF.PARTNER_NOT_REGISTERED")
 
     async def test_r_x_5_nobody_decides_on_their_own_partners_item(self, stack: Stack) -> None:
         a = Actors(stack)
         po = await submit(stack.http, a.acme)
         insider = stack.auth("pdm-li", ["pdm"], "p-acme")  # the PDM, but a member of p-acme
-        err = await complete(stack.http, insider, po["open_task_id"], "approve", expect=403,
-                             data={"criteria": ALL_PASS})
+        err = await complete(
+            stack.http,
+            insider,
+            po["open_task_id"],
+            "approve",
+            expect=403,
+            data={"criteria": ALL_PASS},
+        )
         assert err["error_code"] == "PF.SELF_DECISION"
 
     async def test_r_x_5_nobody_decides_on_what_they_submitted(self, stack: Stack) -> None:
@@ -173,8 +199,14 @@ class TestAuthorization:
         both = stack.auth("pdm-li", ["partner_admin", "pdm"], "p-acme")
         po = await submit(stack.http, both)
         assert po["assignee"] == "pdm-li"
-        err = await complete(stack.http, a.pdm_li, po["open_task_id"], "approve", expect=403,
-                             data={"criteria": ALL_PASS})
+        err = await complete(
+            stack.http,
+            a.pdm_li,
+            po["open_task_id"],
+            "approve",
+            expect=403,
+            data={"criteria": ALL_PASS},
+        )
         assert err["error_code"] == "PF.SELF_DECISION"
 
     async def test_r_x_5_refused_updates_leave_no_trace_in_history(self, stack: Stack) -> None:
@@ -182,8 +214,14 @@ class TestAuthorization:
         po = await submit(stack.http, a.acme)
         handle = stack.client.get_workflow_handle(po["id"])
         before = len((await handle.fetch_history()).events)
-        await complete(stack.http, a.pdm_wang, po["open_task_id"], "approve", expect=403,
-                       data={"criteria": ALL_PASS})
+        await complete(
+            stack.http,
+            a.pdm_wang,
+            po["open_task_id"],
+            "approve",
+            expect=403,
+            data={"criteria": ALL_PASS},
+        )
         await complete(stack.http, a.pdm_li, po["open_task_id"], "nope", expect=422)
         events = (await handle.fetch_history()).events
         assert not any(
@@ -200,14 +238,20 @@ class TestConflicts:
     async def test_r_x_6_completed_task_is_409(self, stack: Stack) -> None:
         a = Actors(stack)
         po = await submit(stack.http, a.acme)
-        await complete(stack.http, a.pdm_li, po["open_task_id"], "approve",
-                       data={"criteria": ALL_PASS})
-        err = await complete(stack.http, a.pdm_li, po["open_task_id"], "reject", expect=409,
-                             comment="changed my mind")
+        await complete(
+            stack.http, a.pdm_li, po["open_task_id"], "approve", data={"criteria": ALL_PASS}
+        )
+        err = await complete(
+            stack.http,
+            a.pdm_li,
+            po["open_task_id"],
+            "reject",
+            expect=409,
+            comment="changed my mind",
+        )
         assert err["error_code"] == "PF.TASK_NOT_OPEN"
 
-    async def test_r_x_6_same_idempotency_key_returns_the_first_answer(self,
-                                                                     stack: Stack) -> None:
+    async def test_r_x_6_same_idempotency_key_returns_the_first_answer(self, stack: Stack) -> None:
         a = Actors(stack)
         body = po_body()
         key = {"Idempotency-Key": f"portal-{uuid.uuid4()}"}
@@ -216,17 +260,19 @@ class TestConflicts:
         assert r1.status_code == r2.status_code == 201
         assert r1.json() == r2.json()
         assert r2.headers.get("idempotent-replayed") == "true"
-        r3 = await stack.http.post("/v1/opportunities", json=po_body(),
-                                   headers={**a.acme, **key})
+        r3 = await stack.http.post("/v1/opportunities", json=po_body(), headers={**a.acme, **key})
         assert_envelope(r3, 422, "PF.IDEMPOTENCY_KEY_REUSED")
 
     async def test_r_x_6_concurrent_repeats_start_one_workflow(self, stack: Stack) -> None:
         a = Actors(stack)
         body = po_body()
         key = {"Idempotency-Key": f"portal-{uuid.uuid4()}"}
-        rs = await asyncio.gather(*(
-            stack.http.post("/v1/opportunities", json=body, headers={**a.acme, **key})
-            for _ in range(5)))
+        rs = await asyncio.gather(
+            *(
+                stack.http.post("/v1/opportunities", json=body, headers={**a.acme, **key})
+                for _ in range(5)
+            )
+        )
         assert {r.status_code for r in rs} == {201}
         assert len({r.json()["id"] for r in rs}) == 1
         po_id = rs[0].json()["id"]
@@ -255,8 +301,11 @@ class TestBulkAndInbox:
         mine = [await submit(stack.http, a.acme) for _ in range(2)]
         other = await submit(stack.http, a.bright, region="north-china")  # pdm-wang's
         ids = [p["open_task_id"] for p in mine] + [other["open_task_id"], "po-nope.1"]
-        r = await stack.http.post("/v1/tasks/bulk-complete", headers=a.pdm_li, json={
-            "task_ids": ids, "outcome": "approve", "data": {"criteria": ALL_PASS}})
+        r = await stack.http.post(
+            "/v1/tasks/bulk-complete",
+            headers=a.pdm_li,
+            json={"task_ids": ids, "outcome": "approve", "data": {"criteria": ALL_PASS}},
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["succeeded"] == 2 and out["failed"] == 2
@@ -271,16 +320,23 @@ class TestBulkAndInbox:
         mine = []
         for _ in range(5):
             po = await submit(stack.http, a.acme)
-            r = await stack.http.post(f"/v1/tasks/{po['open_task_id']}/reassign",
-                                      json={"assignee": jwt.decode(
-                                          pdm["Authorization"][7:],
-                                          options={"verify_signature": False})["sub"]},
-                                      headers=a.dispatcher)
+            r = await stack.http.post(
+                f"/v1/tasks/{po['open_task_id']}/reassign",
+                json={
+                    "assignee": jwt.decode(
+                        pdm["Authorization"][7:], options={"verify_signature": False}
+                    )["sub"]
+                },
+                headers=a.dispatcher,
+            )
             assert r.status_code == 200, r.text
             mine.append(po["open_task_id"])
-        seen, cursor = [], None
+        seen: list[dict[str, Any]] = []
+        cursor: str | None = None
         while True:
-            params = {"assignee": "me", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, str | int] = {"assignee": "me", "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
             page = (await stack.http.get("/v1/tasks", params=params, headers=pdm)).json()
             seen += page["items"]
             cursor = page["next_cursor"]
@@ -304,22 +360,26 @@ class TestOperations:
         assert "403" in op["responses"] and "ErrorEnvelope" in str(op["responses"]["422"])
         assert "examples" in str(spec["components"]["schemas"]["OpportunityCreate"])
 
-    async def test_r_x_1_over_the_rate_limit_is_429_with_retry_after(self,
-                                                                    stack: Stack) -> None:
-        limited = ApiServer(stack.settings.model_copy(
-            update={"rate_limit": RateLimit(requests_per_second=0.5, burst=3)}))
+    async def test_r_x_1_over_the_rate_limit_is_429_with_retry_after(self, stack: Stack) -> None:
+        limited = ApiServer(
+            stack.settings.model_copy(
+                update={"rate_limit": RateLimit(requests_per_second=0.5, burst=3)}
+            )
+        )
         await limited.start()
         try:
             async with httpx.AsyncClient(base_url=limited.url) as http:
                 headers = Actors(stack).pdm_li
-                codes = [(await http.get("/v1/tasks", headers=headers)).status_code
-                         for _ in range(5)]
+                codes = [
+                    (await http.get("/v1/tasks", headers=headers)).status_code for _ in range(5)
+                ]
                 assert codes[:3] == [200, 200, 200] and codes[3] == 429
                 r = await http.get("/v1/tasks", headers=headers)
                 assert_envelope(r, 429, "PF.RATE_LIMITED")
                 assert int(r.headers["Retry-After"]) >= 1
                 # another caller has a bucket of its own
-                assert (await http.get("/v1/tasks", headers=Actors(stack).pdm_wang)
-                        ).status_code == 200
+                assert (
+                    await http.get("/v1/tasks", headers=Actors(stack).pdm_wang)
+                ).status_code == 200
         finally:
             await limited.stop()

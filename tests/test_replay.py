@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
@@ -57,7 +56,8 @@ async def test_replay_catches_an_unpatched_change() -> None:
     path = next(p for p in committed() if p.stem.startswith("opportunity_review_full__"))
     history = load(path)
     result = await replayer([ChangedWithoutPatch]).replay_workflow(
-        history, raise_on_replay_failure=False)
+        history, raise_on_replay_failure=False
+    )
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()
 
@@ -68,19 +68,31 @@ async def test_full_po_history_replays(stack: Stack) -> None:
         pytest.skip("one recording is enough; the workflow code does not depend on the store")
     a = Actors(stack)
     po = await submit(stack.http, a.cobalt, region="nowhere")
-    await complete(stack.http, a.dispatcher, po["open_task_id"], "dispatch",
-                   data={"pdm": "pdm-wang"})
+    await complete(
+        stack.http, a.dispatcher, po["open_task_id"], "dispatch", data={"pdm": "pdm-wang"}
+    )
     view = (await stack.http.get(f"/v1/opportunities/{po['id']}", headers=a.cobalt)).json()
     await complete(stack.http, a.pdm_wang, view["open_task_id"], "return", comment="more info")
-    body = {k: view[k] for k in ("customer_name", "project_name", "offerings", "amount",
-                                 "region", "industry", "expected_close_date")}
-    r = await stack.http.post(f"/v1/opportunities/{po['id']}/resubmit", json=body,
-                              headers=a.cobalt)
-    await complete(stack.http, a.pdm_wang, r.json()["open_task_id"], "approve",
-                   data={"criteria": ALL_PASS})
+    body = {
+        k: view[k]
+        for k in (
+            "customer_name",
+            "project_name",
+            "offerings",
+            "amount",
+            "region",
+            "industry",
+            "expected_close_date",
+        )
+    }
+    r = await stack.http.post(f"/v1/opportunities/{po['id']}/resubmit", json=body, headers=a.cobalt)
+    await complete(
+        stack.http, a.pdm_wang, r.json()["open_task_id"], "approve", data={"criteria": ALL_PASS}
+    )
     for stage in ("won", "delivered"):
-        r = await stack.http.patch(f"/v1/opportunities/{po['id']}", json={"stage": stage},
-                                   headers=a.cobalt)
+        r = await stack.http.patch(
+            f"/v1/opportunities/{po['id']}", json={"stage": stage}, headers=a.cobalt
+        )
         assert r.status_code == 200, r.text
     handle = stack.client.get_workflow_handle(po["id"])
     assert (await handle.result())["status"] == "delivered"

@@ -1,4 +1,4 @@
-"""Deterministic orchestration only: one module per process, plus the shared human-task primitive."""
+"""Deterministic orchestration only: a module per process, plus the shared human-task primitive."""
 
 from workflows.opportunity import OpportunityReview
 

@@ -44,7 +44,8 @@ with workflow.unsafe.imports_passed_through():
 
 # The read model must catch up however long the database is away: retry forever, backing off.
 STORE_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
 )
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -187,8 +188,11 @@ class ProcessWorkflow:
         await self.commit(
             audit=[
                 AuditEntry(
-                    actor=cmd.actor.sub, action="task_reassigned", task_id=task.id,
-                    comment=cmd.comment, details={"from": previous, "to": cmd.assignee},
+                    actor=cmd.actor.sub,
+                    action="task_reassigned",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={"from": previous, "to": cmd.assignee},
                 )
             ],
             notifications=[self.assignment_notice(task)],
@@ -295,7 +299,9 @@ class ProcessWorkflow:
                 task.escalated = True
                 audit.append(
                     AuditEntry(
-                        actor="system", action="task_escalated", task_id=task.id,
+                        actor="system",
+                        action="task_escalated",
+                        task_id=task.id,
                         details={"to": task.escalate_to_role, "was_due": str(task.due_at)},
                     )
                 )
@@ -363,7 +369,8 @@ class ProcessWorkflow:
                 self.queue.popleft(),
                 ApplicationError(
                     f"{self.process} {self.process_id} is closed",
-                    type="PF.PROCESS_CLOSED", non_retryable=True,
+                    type="PF.PROCESS_CLOSED",
+                    non_retryable=True,
                 ),
             )
 

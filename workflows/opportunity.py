@@ -39,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask
-
     from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
 
 S = OpportunityStatus
@@ -68,8 +67,10 @@ class OpportunityReview(ProcessWorkflow):
             ReadModelActivities.assess_opportunity,
             AssessRequest(
                 route=RouteRequest(
-                    partner_id=inp.partner_id, region=self.po.region,
-                    industry=self.po.industry, offerings=self.po.offerings,
+                    partner_id=inp.partner_id,
+                    region=self.po.region,
+                    industry=self.po.industry,
+                    offerings=self.po.offerings,
                 ),
                 duplicates=self._duplicate_query(),
             ),
@@ -82,9 +83,12 @@ class OpportunityReview(ProcessWorkflow):
         audit = [
             AuditEntry(actor=inp.submitted_by, action="submitted", details=self._fields()),
             AuditEntry(
-                actor="system", action="routed",
+                actor="system",
+                action="routed",
                 details={
-                    "pdm": self.pdm, "psm": self.psm, "duplicate_of": self.duplicate_of,
+                    "pdm": self.pdm,
+                    "psm": self.psm,
+                    "duplicate_of": self.duplicate_of,
                     "offering_unmatched": self.offering_unmatched,
                 },
             ),
@@ -145,8 +149,15 @@ class OpportunityReview(ProcessWorkflow):
             self.finish_task(task, cmd)
             self.pdm = str(cmd.data["pdm"])
             await self._open_review_or_dispatch(
-                [AuditEntry(actor=cmd.actor.sub, action="dispatched", task_id=task.id,
-                            comment=cmd.comment, details={"pdm": self.pdm})]
+                [
+                    AuditEntry(
+                        actor=cmd.actor.sub,
+                        action="dispatched",
+                        task_id=task.id,
+                        comment=cmd.comment,
+                        details={"pdm": self.pdm},
+                    )
+                ]
             )
             self.resolve(pending)
             return
@@ -170,7 +181,10 @@ class OpportunityReview(ProcessWorkflow):
             self.check_complete(cmd)  # the task may have moved while we looked
         self.finish_task(task, cmd)
         self.decision = Decision(
-            outcome=cmd.outcome, by=cmd.actor.sub, at=workflow.now(), comment=cmd.comment,
+            outcome=cmd.outcome,
+            by=cmd.actor.sub,
+            at=workflow.now(),
+            comment=cmd.comment,
             criteria=criteria,
         )
         self.status = {"approve": S.approved, "reject": S.rejected, "return": S.returned}[
@@ -179,7 +193,9 @@ class OpportunityReview(ProcessWorkflow):
         await self.commit(
             audit=[
                 AuditEntry(
-                    actor=cmd.actor.sub, action=f"review_{cmd.outcome}", task_id=task.id,
+                    actor=cmd.actor.sub,
+                    action=f"review_{cmd.outcome}",
+                    task_id=task.id,
                     comment=cmd.comment,
                     details={"criteria": criteria.model_dump() if criteria else None},
                 )
@@ -206,8 +222,14 @@ class OpportunityReview(ProcessWorkflow):
         self.duplicate_of = await self._look_for_duplicate()
         # R-PO-7: back to the same PDM who returned it.
         await self._open_review_or_dispatch(
-            [AuditEntry(actor=cmd.actor.sub, action="resubmitted", comment=cmd.comment,
-                        details={"before": before, "after": self._fields()})]
+            [
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="resubmitted",
+                    comment=cmd.comment,
+                    details={"before": before, "after": self._fields()},
+                )
+            ]
         )
         self.resolve(pending)
 
@@ -216,12 +238,15 @@ class OpportunityReview(ProcessWorkflow):
         self._check_progress(cmd)
         change = cmd.progress.model_dump(exclude_none=True, exclude={"stage"}, mode="json")
         before = self._fields()
-        self.po = self.po.model_copy(update=cmd.progress.model_dump(
-            exclude_none=True, exclude={"stage"}))
+        self.po = self.po.model_copy(
+            update=cmd.progress.model_dump(exclude_none=True, exclude={"stage"})
+        )
         reverify = match_key(self.po.customer_name, self.po.project_name) != match_key(
-            before["customer_name"], before["project_name"])
+            before["customer_name"], before["project_name"]
+        )
         entry = AuditEntry(
-            actor=cmd.actor.sub, action="progress_updated",
+            actor=cmd.actor.sub,
+            action="progress_updated",
             details={"stage": cmd.progress.stage, "changes": change, "before": before},
         )
         if reverify:
@@ -284,8 +309,9 @@ class OpportunityReview(ProcessWorkflow):
                 f"a {self.status.value} opportunity cannot move to {p.stage} (R-PO-11)",
                 allowed=sorted(s.value for s in STAGE_MOVES[self.status]),
             )
-        changes_identity = (p.customer_name is not None and p.customer_name != self.po.customer_name
-                            ) or (p.project_name is not None and p.project_name != self.po.project_name)
+        changes_identity = (
+            p.customer_name is not None and p.customer_name != self.po.customer_name
+        ) or (p.project_name is not None and p.project_name != self.po.project_name)
         if changes_identity and p.stage is not None:
             refuse(
                 "PF.INVALID_STAGE",
@@ -302,15 +328,22 @@ class OpportunityReview(ProcessWorkflow):
             # R-PO-3: no routing rule matched; the central dispatcher picks the PDM.
             self.status = S.dispatching
             task = self.open_task(
-                PO_DISPATCH, candidate_role=Role.dispatcher, sla=sla,
-                escalate_to_role=Role.dispatcher, partner_id=self.inp.partner_id,
+                PO_DISPATCH,
+                candidate_role=Role.dispatcher,
+                sla=sla,
+                escalate_to_role=Role.dispatcher,
+                partner_id=self.inp.partner_id,
                 submitted_by=self.inp.submitted_by,
             )
         else:
             self.status = S.in_review
             task = self.open_task(
-                PO_REVIEW, assignee=self.pdm, sla=sla, escalate_to_role=Role.dispatcher,
-                partner_id=self.inp.partner_id, submitted_by=self.inp.submitted_by,
+                PO_REVIEW,
+                assignee=self.pdm,
+                sla=sla,
+                escalate_to_role=Role.dispatcher,
+                partner_id=self.inp.partner_id,
+                submitted_by=self.inp.submitted_by,
             )
         await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
 
@@ -318,8 +351,12 @@ class OpportunityReview(ProcessWorkflow):
         assessment = await workflow.execute_activity_method(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
-                route=RouteRequest(partner_id=self.inp.partner_id, region=None, industry=None,
-                                   offerings=self.po.offerings),
+                route=RouteRequest(
+                    partner_id=self.inp.partner_id,
+                    region=None,
+                    industry=None,
+                    offerings=self.po.offerings,
+                ),
                 duplicates=self._duplicate_query(),
             ),
             start_to_close_timeout=STORE_TIMEOUT,
@@ -330,7 +367,8 @@ class OpportunityReview(ProcessWorkflow):
 
     def _duplicate_query(self) -> DuplicateQuery:
         return DuplicateQuery(
-            po_id=self.process_id, partner_id=self.inp.partner_id,
+            po_id=self.process_id,
+            partner_id=self.inp.partner_id,
             match_key=match_key(self.po.customer_name, self.po.project_name),
         )
 
@@ -344,8 +382,11 @@ class OpportunityReview(ProcessWorkflow):
             body=(
                 f"Opportunity {self.process_id} ({self.po.customer_name} / "
                 f"{self.po.project_name}) is now {self.status.value}."
-                + (f"\nComment: {self.decision.comment}" if self.decision and
-                   self.decision.comment else "")
+                + (
+                    f"\nComment: {self.decision.comment}"
+                    if self.decision and self.decision.comment
+                    else ""
+                )
             ),
         )
 
@@ -354,7 +395,7 @@ class OpportunityReview(ProcessWorkflow):
             recipient=self.psm or self.pdm or str(Role.dispatcher),
             subject=f"[partnerflow] {self.po.project_name} is {self.status.value}",
             body=f"Opportunity {self.process_id} of partner {self.inp.partner_id} is "
-                 f"{self.status.value}.",
+            f"{self.status.value}.",
         )
 
     def view(self) -> dict[str, Any]:
@@ -399,8 +440,10 @@ class OpportunityReview(ProcessWorkflow):
         task = self.open_task_of()
         if task is None:
             if self.status in (S.approved, S.won):
-                return (f"{self.status.value}: waiting for the partner's progress "
-                        "(won / lost / delivered)")
+                return (
+                    f"{self.status.value}: waiting for the partner's progress "
+                    "(won / lost / delivered)"
+                )
             if self.status is S.returned:
                 return "returned to the partner for information; waiting for resubmission"
             return f"{self.status.value}; nothing waits"
@@ -409,4 +452,3 @@ class OpportunityReview(ProcessWorkflow):
         if task.kind == PO_DISPATCH.name:
             return f"waiting for a dispatcher to assign a PDM (task {task.id}){due}{late}"
         return f"waiting for PDM {task.assignee} to review (task {task.id}){due}{late}"
-

@@ -1,4 +1,4 @@
-"""Reference data, maintained by ops_admin: partners, personal accounts, routing rules, offerings."""
+"""Reference data, kept by ops_admin: partners, personal accounts, routing rules, offerings."""
 
 from __future__ import annotations
 
@@ -39,10 +39,21 @@ class Site(StrEnum):
 
 
 class PartnerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "name": "Acme Cloud Services", "kind": "solution_provider", "tier": "core",
-        "region": "east-china", "business_info_certified": True,
-        "contact_email": "alliances@acme.example"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Cloud Services",
+                    "kind": "solution_provider",
+                    "tier": "core",
+                    "region": "east-china",
+                    "business_info_certified": True,
+                    "contact_email": "alliances@acme.example",
+                }
+            ]
+        },
+    )
     name: str = Field(min_length=1, max_length=200)
     kind: PartnerKind
     tier: Code | None = None
@@ -56,9 +67,20 @@ class PartnerOut(PartnerIn):
 
 
 class AccountIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "enterprise_verified": False, "real_name_verified": True, "site": "china",
-        "associated_partner_id": None, "email": "li.ming@example.com"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "enterprise_verified": False,
+                    "real_name_verified": True,
+                    "site": "china",
+                    "associated_partner_id": None,
+                    "email": "li.ming@example.com",
+                }
+            ]
+        },
+    )
     enterprise_verified: bool = False
     real_name_verified: bool = False
     site: Site = Site.china
@@ -71,9 +93,20 @@ class AccountOut(AccountIn):
 
 
 class RoutingRuleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "partner_id": None, "region": "east-china", "industry": None, "pdm": "pdm-li",
-        "psm": "psm-zhao"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "partner_id": None,
+                    "region": "east-china",
+                    "industry": None,
+                    "pdm": "pdm-li",
+                    "psm": "psm-zhao",
+                }
+            ]
+        },
+    )
     partner_id: Id | None = None
     region: Code | None = None
     industry: Code | None = None
@@ -87,33 +120,49 @@ class OfferingIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
 
 
-async def _audit(session: AsyncSession, principal: Principal, subject: str, action: str,
-                 details: dict[str, Any]) -> None:
-    session.add(AuditEvent(
-        subject_id=subject, version=time.time_ns() // 1000, position=0, at=utcnow(),
-        actor=principal.sub, action=action, details=details,
-    ))
+async def _audit(
+    session: AsyncSession, principal: Principal, subject: str, action: str, details: dict[str, Any]
+) -> None:
+    session.add(
+        AuditEvent(
+            subject_id=subject,
+            version=time.time_ns() // 1000,
+            position=0,
+            at=utcnow(),
+            actor=principal.sub,
+            action=action,
+            details=details,
+        )
+    )
 
 
 @router.put("/partners/{partner_id}", response_model=PartnerOut, responses=ERRORS)
-async def put_partner(partner_id: Id, body: PartnerIn, principal: CurrentUser,
-                      sessions: SessionsDep) -> Any:
+async def put_partner(
+    partner_id: Id, body: PartnerIn, principal: CurrentUser, sessions: SessionsDep
+) -> Any:
     require_roles(principal, Role.ops_admin)
     async with sessions() as session, session.begin():
-        row = await session.get(Partner, partner_id) or Partner(id=partner_id, name=body.name,
-                                                                kind=body.kind)
+        row = await session.get(Partner, partner_id) or Partner(
+            id=partner_id, name=body.name, kind=body.kind
+        )
         for field, value in body.model_dump().items():
             setattr(row, field, value)
         row.updated_at = utcnow()
         session.add(row)
-        await _audit(session, principal, f"partner:{partner_id}", "partner_saved",
-                     body.model_dump(mode="json"))
+        await _audit(
+            session,
+            principal,
+            f"partner:{partner_id}",
+            "partner_saved",
+            body.model_dump(mode="json"),
+        )
     return PartnerOut(id=partner_id, **body.model_dump())
 
 
 @router.put("/accounts/{account_id}", response_model=AccountOut, responses=ERRORS)
-async def put_account(account_id: Id, body: AccountIn, principal: CurrentUser,
-                      sessions: SessionsDep) -> Any:
+async def put_account(
+    account_id: Id, body: AccountIn, principal: CurrentUser, sessions: SessionsDep
+) -> Any:
     require_roles(principal, Role.ops_admin)
     async with sessions() as session, session.begin():
         row = await session.get(Account, account_id) or Account(id=account_id)
@@ -121,14 +170,20 @@ async def put_account(account_id: Id, body: AccountIn, principal: CurrentUser,
             setattr(row, field, value)
         row.updated_at = utcnow()
         session.add(row)
-        await _audit(session, principal, f"account:{account_id}", "account_saved",
-                     body.model_dump(mode="json"))
+        await _audit(
+            session,
+            principal,
+            f"account:{account_id}",
+            "account_saved",
+            body.model_dump(mode="json"),
+        )
     return AccountOut(id=account_id, **body.model_dump())
 
 
 @router.put("/routing-rules", response_model=list[RoutingRuleIn], responses=ERRORS)
 async def replace_routing_rules(
-    principal: CurrentUser, sessions: SessionsDep,
+    principal: CurrentUser,
+    sessions: SessionsDep,
     rules: Annotated[list[RoutingRuleIn], Body(max_length=5000)],
 ) -> Any:
     """Replace the whole routing table (R-PO-2) in one transaction."""
@@ -137,8 +192,13 @@ async def replace_routing_rules(
         await session.exec(delete(RoutingRule))
         for position, rule in enumerate(rules):
             session.add(RoutingRule(position=position, **rule.model_dump()))
-        await _audit(session, principal, "routing-rules", "routing_rules_replaced",
-                     {"rules": [r.model_dump() for r in rules]})
+        await _audit(
+            session,
+            principal,
+            "routing-rules",
+            "routing_rules_replaced",
+            {"rules": [r.model_dump() for r in rules]},
+        )
     return rules
 
 
@@ -152,7 +212,8 @@ async def get_routing_rules(principal: CurrentUser, sessions: SessionsDep) -> An
 
 @router.put("/offerings", response_model=list[OfferingIn], responses=ERRORS)
 async def replace_offerings(
-    principal: CurrentUser, sessions: SessionsDep,
+    principal: CurrentUser,
+    sessions: SessionsDep,
     offerings: Annotated[list[OfferingIn], Body(max_length=5000)],
 ) -> Any:
     """Replace the offering catalogue a PO's offerings are recognised against (R-PO-8)."""
@@ -161,6 +222,11 @@ async def replace_offerings(
         await session.exec(delete(Offering))
         for offering in {o.code: o for o in offerings}.values():
             session.add(Offering(**offering.model_dump()))
-        await _audit(session, principal, "offerings", "offerings_replaced",
-                     {"codes": [o.code for o in offerings]})
+        await _audit(
+            session,
+            principal,
+            "offerings",
+            "offerings_replaced",
+            {"codes": [o.code for o in offerings]},
+        )
     return offerings

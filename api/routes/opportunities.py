@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.auth import CurrentUser, may_see_partner_item, require_partner_user
@@ -61,7 +62,7 @@ class History(BaseModel):
     items: list[AuditEntryPublic]
 
 
-async def load_opportunity(session: Any, po_id: str, principal: Principal) -> ProcessRow:
+async def load_opportunity(session: AsyncSession, po_id: str, principal: Principal) -> ProcessRow:
     row = await session.get(ProcessRow, po_id)
     if row is None or row.process != "opportunity":
         raise ApiError("PF.NOT_FOUND", f"no opportunity {po_id}")
@@ -89,7 +90,10 @@ async def submit_opportunity(
 
     async def start() -> dict[str, Any]:
         holder = await claim(
-            sessions, scope="po-open", key=claim_key(partner_id, body), owner_id=po_id,
+            sessions,
+            scope="po-open",
+            key=claim_key(partner_id, body),
+            owner_id=po_id,
             holder_is_live=lambda other: _po_is_live(sessions, temporal, other),
         )
         if holder is not None:
@@ -99,20 +103,31 @@ async def submit_opportunity(
                 {"existing_id": holder},
             )
         return await start_process(
-            temporal, settings,
+            temporal,
+            settings,
             workflow=OpportunityReview.run,
             arg=OpportunityReviewInput(
-                po_id=po_id, partner_id=partner_id, submitted_by=principal.sub,
-                opportunity=body, policy=settings.policy,
+                po_id=po_id,
+                partner_id=partner_id,
+                submitted_by=principal.sub,
+                opportunity=body,
+                policy=settings.policy,
             ),
-            workflow_id=po_id, process="opportunity", partner_id=partner_id,
+            workflow_id=po_id,
+            process="opportunity",
+            partner_id=partner_id,
             summary=f"PO {body.customer_name} / {body.project_name} from {partner_id}, "
-                    f"{body.amount} CNY",
+            f"{body.amount} CNY",
         )
 
     return await idempotent(
-        sessions=sessions, request=request, principal=principal, key=idempotency_key,
-        body=body.model_dump(mode="json"), status_code=201, action=start,
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=201,
+        action=start,
     )
 
 
@@ -131,43 +146,78 @@ async def get_opportunity(po_id: str, principal: CurrentUser, session: SessionDe
 
 
 async def _partner_update(
-    *, po_id: str, principal: Principal, session: Any, settings: Any, temporal: Client,
-    update: str, arg: BaseModel, key: str | None,
+    *,
+    po_id: str,
+    principal: Principal,
+    session: Any,
+    settings: Any,
+    temporal: Client,
+    update: str,
+    arg: BaseModel,
+    key: str | None,
 ) -> dict[str, Any]:
     row = await load_opportunity(session, po_id, principal)
     require_partner_user(principal)
     if row.status in {s.value for s in FINAL_STATUSES}:
         raise ApiError("PF.PROCESS_CLOSED", f"opportunity {po_id} is {row.status}")
     return await send_update(
-        temporal, settings, workflow_id=po_id, update=update, arg=arg,
-        update_id=update_id(update, po_id, key), what=f"{update} of {po_id}",
+        temporal,
+        settings,
+        workflow_id=po_id,
+        update=update,
+        arg=arg,
+        update_id=update_id(update, po_id, key),
+        what=f"{update} of {po_id}",
     )
 
 
 @router.post("/{po_id}/cancel", response_model=OpportunityView, responses=ERRORS)
 async def cancel_opportunity(
-    po_id: str, body: CancelBody, request: Request, principal: CurrentUser, session: SessionDep,
-    sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    po_id: str,
+    body: CancelBody,
+    request: Request,
+    principal: CurrentUser,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """R-PO-6: the partner withdraws its PO until a decision is taken."""
+
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            po_id=po_id, principal=principal, session=session, settings=settings,
-            temporal=temporal, update="cancel",
-            arg=CancelOpportunity(actor=principal, reason=body.reason), key=idempotency_key,
+            po_id=po_id,
+            principal=principal,
+            session=session,
+            settings=settings,
+            temporal=temporal,
+            update="cancel",
+            arg=CancelOpportunity(actor=principal, reason=body.reason),
+            key=idempotency_key,
         )
 
     return await idempotent(
-        sessions=sessions, request=request, principal=principal, key=idempotency_key,
-        body=body.model_dump(mode="json"), status_code=200, action=act,
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=200,
+        action=act,
     )
 
 
 @router.post("/{po_id}/resubmit", response_model=OpportunityView, responses=ERRORS)
 async def resubmit_opportunity(
-    po_id: str, body: ResubmitBody, request: Request, principal: CurrentUser,
-    session: SessionDep, sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    po_id: str,
+    body: ResubmitBody,
+    request: Request,
+    principal: CurrentUser,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """R-PO-7: after a return for information, the edited PO goes back to the same PDM."""
@@ -175,31 +225,50 @@ async def resubmit_opportunity(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            po_id=po_id, principal=principal, session=session, settings=settings,
-            temporal=temporal, update="resubmit",
+            po_id=po_id,
+            principal=principal,
+            session=session,
+            settings=settings,
+            temporal=temporal,
+            update="resubmit",
             arg=ResubmitOpportunity(actor=principal, opportunity=edited, comment=body.comment),
             key=idempotency_key,
         )
 
     return await idempotent(
-        sessions=sessions, request=request, principal=principal, key=idempotency_key,
-        body=body.model_dump(mode="json"), status_code=200, action=act,
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=200,
+        action=act,
     )
 
 
 @router.patch("/{po_id}", response_model=OpportunityView, responses=ERRORS)
 async def update_opportunity_progress(
-    po_id: str, body: OpportunityProgress, principal: CurrentUser, session: SessionDep,
-    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+    po_id: str,
+    body: OpportunityProgress,
+    principal: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """R-PO-9 / R-PO-11: stage (won, lost, delivered) and edits after approval; a new customer
     or project re-opens verification."""
     if not body.model_dump(exclude_none=True):
         raise ApiError("PF.VALIDATION_FAILED", "send at least one field to change")
     return await _partner_update(
-        po_id=po_id, principal=principal, session=session, settings=settings,
-        temporal=temporal, update="update_progress",
-        arg=UpdateProgress(actor=principal, progress=body), key=idempotency_key,
+        po_id=po_id,
+        principal=principal,
+        session=session,
+        settings=settings,
+        temporal=temporal,
+        update="update_progress",
+        arg=UpdateProgress(actor=principal, progress=body),
+        key=idempotency_key,
     )
 
 
@@ -221,8 +290,14 @@ async def read_history(session: Any, subject_id: str) -> History:
     return History(
         id=subject_id,
         items=[
-            AuditEntryPublic(at=as_utc(r.at), actor=r.actor, action=r.action, comment=r.comment,
-                             task_id=r.task_id, details=r.details)
+            AuditEntryPublic(
+                at=as_utc(r.at),
+                actor=r.actor,
+                action=r.action,
+                comment=r.comment,
+                task_id=r.task_id,
+                details=r.details,
+            )
             for r in rows
         ],
     )

@@ -61,9 +61,17 @@ class Completion(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"outcome": "approve", "data": {"criteria": {
-                    "customer_real": True, "project_real": True, "partner_role": True,
-                    "offering": True}}},
+                {
+                    "outcome": "approve",
+                    "data": {
+                        "criteria": {
+                            "customer_real": True,
+                            "project_real": True,
+                            "partner_role": True,
+                            "offering": True,
+                        }
+                    },
+                },
                 {"outcome": "return", "comment": "Please attach the customer's tender notice."},
                 {"outcome": "dispatch", "data": {"pdm": "pdm-li"}},
             ]
@@ -78,7 +86,9 @@ class Completion(BaseModel):
 class BulkCompletion(Completion):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"task_ids": ["res-1.1", "res-2.1"], "outcome": "approve"}]},
+        json_schema_extra={
+            "examples": [{"task_ids": ["res-1.1", "res-2.1"], "outcome": "approve"}]
+        },
     )
     task_ids: list[Annotated[str, Field(min_length=1, max_length=220)]] = Field(
         min_length=1, max_length=100
@@ -101,7 +111,9 @@ class BulkResult(BaseModel):
 
 
 class Reassignment(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"assignee": "pdm-wang"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"assignee": "pdm-wang"}]}
+    )
     assignee: str = Field(min_length=1, max_length=128)
     comment: str | None = Field(default=None, max_length=4000)
 
@@ -109,10 +121,19 @@ class Reassignment(BaseModel):
 def public(row: TaskRow) -> TaskPublic:
     body = HumanTask.model_validate(row.body)
     return TaskPublic(
-        id=row.id, kind=row.kind, process=row.process, process_id=row.process_id,
-        partner_id=row.partner_id, assignee=row.assignee, candidate_role=row.candidate_role,
-        status=row.status, created_at=as_utc(row.created_at), due_at=as_utc(row.due_at),
-        escalated=row.escalated, outcome=row.outcome, comment=body.comment,
+        id=row.id,
+        kind=row.kind,
+        process=row.process,
+        process_id=row.process_id,
+        partner_id=row.partner_id,
+        assignee=row.assignee,
+        candidate_role=row.candidate_role,
+        status=row.status,
+        created_at=as_utc(row.created_at),
+        due_at=as_utc(row.due_at),
+        escalated=row.escalated,
+        outcome=row.outcome,
+        comment=body.comment,
         completed_by=body.completed_by,
     )
 
@@ -137,7 +158,9 @@ async def inbox(
     session: SessionDep,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     status: Literal["open", "completed", "cancelled"] | None = "open",
-    assignee: Annotated[str | None, Query(max_length=128, description="'me' or a person id")] = None,
+    assignee: Annotated[
+        str | None, Query(max_length=128, description="'me' or a person id")
+    ] = None,
     process_id: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -145,8 +168,14 @@ async def inbox(
     """Tasks the caller may see, newest due first."""
     try:
         rows, next_cursor = await list_tasks(
-            session, principal, kind=kind, status=status, assignee=assignee,
-            process_id=process_id, cursor=cursor, limit=limit,
+            session,
+            principal,
+            kind=kind,
+            status=status,
+            assignee=assignee,
+            process_id=process_id,
+            cursor=cursor,
+            limit=limit,
         )
     except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
         raise ApiError("PF.BAD_REQUEST", "the cursor is not valid") from exc
@@ -161,24 +190,44 @@ async def get_task(task_id: str, principal: CurrentUser, session: SessionDep) ->
 
 
 async def _complete_one(
-    *, session: AsyncSession, settings: Settings, temporal: Any, principal: Principal,
-    task_id: str, body: Completion, key: str | None,
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    temporal: Any,
+    principal: Principal,
+    task_id: str,
+    body: Completion,
+    key: str | None,
 ) -> dict[str, Any]:
     row = await load_task(session, task_id, principal)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await send_update(
-        temporal, settings, workflow_id=row.process_id, update="complete_task",
-        arg=CompleteTask(task_id=task_id, actor=principal, outcome=body.outcome,
-                         comment=body.comment, data=body.data),
-        update_id=update_id("complete", task_id, key), what=f"completing task {task_id}",
+        temporal,
+        settings,
+        workflow_id=row.process_id,
+        update="complete_task",
+        arg=CompleteTask(
+            task_id=task_id,
+            actor=principal,
+            outcome=body.outcome,
+            comment=body.comment,
+            data=body.data,
+        ),
+        update_id=update_id("complete", task_id, key),
+        what=f"completing task {task_id}",
     )
 
 
 @router.post("/bulk-complete", response_model=BulkResult, responses=ERRORS)
 async def bulk_complete(
-    body: BulkCompletion, request: Request, principal: CurrentUser, sessions: SessionsDep,
-    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+    body: BulkCompletion,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """One outcome for many tasks; each is validated on its own and reported with its own result."""
     if len(set(body.task_ids)) != len(body.task_ids):
@@ -189,50 +238,88 @@ async def bulk_complete(
         async with gate, sessions() as session:
             try:
                 view = await _complete_one(
-                    session=session, settings=settings, temporal=temporal, principal=principal,
-                    task_id=task_id, body=body, key=idempotency_key,
+                    session=session,
+                    settings=settings,
+                    temporal=temporal,
+                    principal=principal,
+                    task_id=task_id,
+                    body=body,
+                    key=idempotency_key,
                 )
             except ApiError as exc:
-                return BulkItemResult(task_id=task_id, ok=False, status_code=exc.status_code,
-                                      error_code=exc.code, error_msg=exc.message)
+                return BulkItemResult(
+                    task_id=task_id,
+                    ok=False,
+                    status_code=exc.status_code,
+                    error_code=exc.code,
+                    error_msg=exc.message,
+                )
         return BulkItemResult(task_id=task_id, ok=True, status_code=200, process=view)
 
     async def act() -> dict[str, Any]:
         results = await asyncio.gather(*(one(t) for t in body.task_ids))
         ok = sum(r.ok for r in results)
         return BulkResult(succeeded=ok, failed=len(results) - ok, results=list(results)).model_dump(
-            mode="json")
+            mode="json"
+        )
 
     return await idempotent(
-        sessions=sessions, request=request, principal=principal, key=idempotency_key,
-        body=body.model_dump(mode="json"), status_code=200, action=act,
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=200,
+        action=act,
     )
 
 
 @router.post("/{task_id}/complete", responses=ERRORS)
 async def complete_task(
-    task_id: str, body: Completion, request: Request, principal: CurrentUser,
-    session: SessionDep, sessions: SessionsDep, settings: SettingsDep, temporal: TemporalDep,
+    task_id: str,
+    body: Completion,
+    request: Request,
+    principal: CurrentUser,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Decide a task; the answer is the process's new state. R-X-6: the same Idempotency-Key
     returns the first answer and the decision is recorded once."""
+
     async def act() -> dict[str, Any]:
         return await _complete_one(
-            session=session, settings=settings, temporal=temporal, principal=principal,
-            task_id=task_id, body=body, key=idempotency_key,
+            session=session,
+            settings=settings,
+            temporal=temporal,
+            principal=principal,
+            task_id=task_id,
+            body=body,
+            key=idempotency_key,
         )
 
     return await idempotent(
-        sessions=sessions, request=request, principal=principal, key=idempotency_key,
-        body=body.model_dump(mode="json"), status_code=200, action=act,
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=200,
+        action=act,
     )
 
 
 @router.post("/{task_id}/reassign", responses=ERRORS)
 async def reassign_task(
-    task_id: str, body: Reassignment, principal: CurrentUser, session: SessionDep,
-    settings: SettingsDep, temporal: TemporalDep, idempotency_key: IdempotencyKey = None,
+    task_id: str,
+    body: Reassignment,
+    principal: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
     row = await session.get(TaskRow, task_id)
@@ -241,9 +328,13 @@ async def reassign_task(
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await send_update(
-        temporal, settings, workflow_id=row.process_id, update="reassign_task",
-        arg=ReassignTask(task_id=task_id, actor=principal, assignee=body.assignee,
-                         comment=body.comment),
+        temporal,
+        settings,
+        workflow_id=row.process_id,
+        update="reassign_task",
+        arg=ReassignTask(
+            task_id=task_id, actor=principal, assignee=body.assignee, comment=body.comment
+        ),
         update_id=update_id("reassign", task_id, idempotency_key),
         what=f"reassigning task {task_id}",
     )
