@@ -17,9 +17,11 @@ async def test_r_po_2_routed_po_is_reviewed_by_its_pdm_and_approved(stack: Stack
     task = next(t for t in r.json()["items"] if t["process_id"] == po["id"])
     assert task["kind"] == "po.review" and task["status"] == "open" and task["due_at"]
 
-    view = await complete(stack.http, a.pdm_li, task["id"], "approve",
-                          data={"criteria": ALL_PASS})
+    view = await complete(stack.http, a.pdm_li, task["id"], "approve", data={"criteria": ALL_PASS})
     assert view["status"] == "approved"
     assert view["decision"]["by"] == "pdm-li" and view["decision"]["criteria"] == ALL_PASS
     assert await history_actions(stack.http, a.acme, po["id"]) == [
-        "submitted", "routed", "review_approve"]
+        "submitted",
+        "routed",
+        "review_approve",
+    ]
