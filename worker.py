@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -37,6 +41,12 @@ PASSTHROUGH_MODULES = (
     "sqlalchemy",
     "sqlmodel",
 )
+
+
+def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[..., Any]]:
+    """Every activity, bound to its dependencies. A process that adds activities lists them here."""
+    store = ReadModelActivities(sessions)
+    return [store.apply_transition, store.assess_opportunity, store.find_approved_duplicate]
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -65,16 +75,11 @@ async def running_worker(
     """A started worker with its activities and (optionally) the outbox sender."""
     engine = create_engine(settings.resolved_database_url)
     sessions = session_factory(engine)
-    store = ReadModelActivities(sessions)
     worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=[
-            store.apply_transition,
-            store.assess_opportunity,
-            store.find_approved_duplicate,
-        ],
+        activities=all_activities(sessions),
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

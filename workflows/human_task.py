@@ -94,6 +94,13 @@ class ProcessWorkflow:
         """Apply one queued command (the main loop calls this); raise ApplicationError to refuse."""
         raise NotImplementedError
 
+    def process_deadline(self) -> datetime | None:
+        """The next process-level moment (e.g. a certificate's expiry), besides task deadlines."""
+        return None
+
+    async def on_process_deadline(self) -> None:
+        """Called by the main loop once `process_deadline()` has passed; must move it on."""
+
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         """Process-specific refusals for a completion, pure (no I/O): raise to refuse."""
 
@@ -275,10 +282,15 @@ class ProcessWorkflow:
 
     def _next_deadline(self) -> datetime | None:
         deadlines = [d for t in self.tasks.values() if (d := t.next_deadline()) is not None]
+        if (own := self.process_deadline()) is not None:
+            deadlines.append(own)
         return min(deadlines, default=None)
 
     async def _fire_deadlines(self) -> None:
         now = workflow.now()
+        own = self.process_deadline()
+        if own is not None and own <= now:
+            await self.on_process_deadline()
         audit: list[AuditEntry] = []
         notes: list[Notification] = []
         for task in self.tasks.values():
