@@ -1,0 +1,120 @@
+"""The read model's writer and claims, on SQLite and PostgreSQL: idempotent, never backwards,
+exactly one claim holder under concurrency (R-X-3, R-X-4, R-X-6)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from domain.projection import AuditEntry, Notification, ProcessRecord, Transition
+from domain.tasks import HumanTask
+from store.claims import claim
+from store.db import transaction
+from store.models import AuditEvent, OutboxMessage, ProcessRow, TaskRow
+from store.readmodel import apply_transition
+
+NOW = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def transition(version: int, status: str) -> Transition:
+    return Transition(
+        record=ProcessRecord(
+            id="po-1",
+            process="opportunity",
+            partner_id="p-1",
+            status=status,
+            version=version,
+            created_at=NOW,
+            updated_at=NOW,
+            view={"status": status},
+        ),
+        tasks=[
+            HumanTask(
+                id="po-1.1",
+                kind="po.review",
+                process="opportunity",
+                process_id="po-1",
+                assignee="pdm-1",
+                created_at=NOW,
+                status="open" if status == "in_review" else "completed",
+            )
+        ],
+        audit=[AuditEntry(actor="u-1", action=f"to_{status}")],
+        notifications=[Notification(recipient="pdm-1", subject="s", body="b")],
+    )
+
+
+async def count(sessions: async_sessionmaker[AsyncSession], model: type) -> int:
+    async with sessions() as session:
+        return int((await session.exec(select(func.count()).select_from(model))).one())
+
+
+async def test_r_x_3_a_retried_transition_writes_nothing_twice(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    for _ in range(3):
+        async with transaction(sessions) as session:
+            await apply_transition(session, transition(1, "in_review"))
+    assert await count(sessions, AuditEvent) == 1
+    assert await count(sessions, OutboxMessage) == 1
+    assert await count(sessions, TaskRow) == 1
+
+
+async def test_r_x_3_the_read_model_never_moves_backwards(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with transaction(sessions) as session:
+        await apply_transition(session, transition(2, "approved"))
+    async with transaction(sessions) as session:  # a late retry of an older transition
+        await apply_transition(session, transition(1, "in_review"))
+    async with sessions() as session:
+        row = await session.get(ProcessRow, "po-1")
+        task = await session.get(TaskRow, "po-1.1")
+    assert row is not None and row.status == "approved" and row.version == 2
+    assert task is not None and task.status == "completed"
+    assert await count(sessions, AuditEvent) == 2  # each version's entry, once
+
+
+async def test_r_po_4_concurrent_claims_have_exactly_one_winner(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async def live(_: str) -> bool:
+        return True
+
+    results = await asyncio.gather(
+        *(
+            claim(
+                sessions,
+                scope="po-open",
+                key="p-1|acme|lake",
+                owner_id=f"po-{i}",
+                holder_is_live=live,
+            )
+            for i in range(10)
+        )
+    )
+    winners = [r for r in results if r is None]
+    assert len(winners) == 1
+    holder = {r for r in results if r is not None}
+    assert len(holder) == 1
+
+
+async def test_r_po_4_a_stale_claim_is_taken_over(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async def live(_: str) -> bool:
+        return False
+
+    assert await claim(sessions, scope="s", key="k", owner_id="old", holder_is_live=live) is None
+    assert await claim(sessions, scope="s", key="k", owner_id="new", holder_is_live=live) is None
+
+    async def alive(_: str) -> bool:
+        return True
+
+    assert (
+        await claim(sessions, scope="s", key="k", owner_id="third", holder_is_live=alive) == "new"
+    )
