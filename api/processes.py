@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,9 @@ from temporalio.common import (
 from api.errors import temporal_errors
 from config import Settings
 from domain.search_attributes import PARTNER_ID, PROCESS_KIND, STAGE
+from domain.tasks import Command
+
+UPDATE_GRACE_SECONDS = 2.0
 
 
 def process_id(prefix: str, scope: str, idempotency_key: str | None) -> str:
@@ -89,10 +93,16 @@ async def send_update(
     what: str,
 ) -> dict[str, Any]:
     handle = client.get_workflow_handle(workflow_id)
+    if isinstance(arg, Command):
+        # Past this moment the workflow refuses the command, so a worker that comes back after
+        # we answered 503 cannot apply it. We wait a little longer than that, so an answer
+        # given just before the deadline still reaches the caller.
+        not_after = datetime.now(UTC) + timedelta(seconds=settings.update_timeout_seconds)
+        arg = arg.model_copy(update={"not_after": not_after})
     with temporal_errors(what):
         result: dict[str, Any] = await asyncio.wait_for(
             handle.execute_update(update, arg, id=update_id, result_type=dict),
-            timeout=settings.update_timeout_seconds,
+            timeout=settings.update_timeout_seconds + UPDATE_GRACE_SECONDS,
         )
     return result
 

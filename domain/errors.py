@@ -41,6 +41,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.INVALID_DATA": 422,
     "PF.WRONG_STATE": 409,
     "PF.NOT_OWNER": 403,
+    "PF.REQUEST_EXPIRED": 409,
     # opportunities
     "PF.OPPORTUNITY_EXISTS": 409,
     "PF.DUPLICATE_OF_APPROVED": 409,

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.policy import Policy
-from domain.principal import Principal, Role
-from domain.tasks import OutcomeSpec, TaskKind
+from domain.principal import Role
+from domain.tasks import Command, OutcomeSpec, TaskKind
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -186,19 +186,16 @@ class OpportunityReviewInput(BaseModel):
     policy: Policy
 
 
-class CancelOpportunity(BaseModel):
-    actor: Principal
+class CancelOpportunity(Command):
     reason: str | None = Field(default=None, max_length=4000)
 
 
-class ResubmitOpportunity(BaseModel):
-    actor: Principal
+class ResubmitOpportunity(Command):
     opportunity: OpportunityCreate
     comment: str | None = Field(default=None, max_length=4000)
 
 
-class UpdateProgress(BaseModel):
-    actor: Principal
+class UpdateProgress(Command):
     progress: OpportunityProgress
 
 

@@ -75,21 +75,35 @@ class HumanTask(BaseModel):
         return None
 
 
-class CompleteTask(BaseModel):
+class Command(BaseModel):
+    """What every Update carries: who acts, and until when the API still waits for the answer.
+
+    A command a worker first sees after `not_after` is refused by the validator: the caller was
+    already told it failed (503), so it must not take effect later.
+    """
+
+    actor: Principal
+    not_after: datetime | None = None
+
+
+class CompleteTask(Command):
     """Body of the `complete_task` Update every process workflow accepts."""
 
     task_id: str
-    actor: Principal
     outcome: str
     comment: str | None = Field(default=None, max_length=4000)
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ReassignTask(BaseModel):
+class ReassignTask(Command):
     task_id: str
-    actor: Principal
     assignee: str = Field(min_length=1, max_length=128)
     comment: str | None = Field(default=None, max_length=4000)
+
+
+def check_fresh(cmd: Command, now: datetime) -> None:
+    if cmd.not_after is not None and now > cmd.not_after:
+        refuse("PF.REQUEST_EXPIRED", "the request reached the process after its caller gave up")
 
 
 def may_act_on(task: HumanTask, actor: Principal) -> bool:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         TaskKind,
         TaskStatus,
         check_completion,
+        check_fresh,
         check_reassign,
     )
 
@@ -112,6 +113,7 @@ class ProcessWorkflow:
 
     @complete_task.validator
     def _validate_complete_task(self, cmd: CompleteTask) -> None:
+        check_fresh(cmd, workflow.now())
         self.check_complete(cmd)
 
     @workflow.update
@@ -120,6 +122,7 @@ class ProcessWorkflow:
 
     @reassign_task.validator
     def _validate_reassign_task(self, cmd: ReassignTask) -> None:
+        check_fresh(cmd, workflow.now())
         task = self.tasks.get(cmd.task_id)
         check_reassign(task, self._kind_of(task), cmd)
 

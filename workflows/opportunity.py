@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import CompleteTask, HumanTask, ReassignTask
+    from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
     from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
 
 S = OpportunityStatus
@@ -105,6 +105,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @cancel.validator
     def _validate_cancel(self, cmd: CancelOpportunity) -> None:
+        check_fresh(cmd, workflow.now())
         self._check_owner(cmd.actor)
         self._check_cancel()
 
@@ -114,6 +115,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @resubmit.validator
     def _validate_resubmit(self, cmd: ResubmitOpportunity) -> None:
+        check_fresh(cmd, workflow.now())
         self._check_owner(cmd.actor)
         self._check_resubmit()
 
@@ -123,6 +125,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @update_progress.validator
     def _validate_update_progress(self, cmd: UpdateProgress) -> None:
+        check_fresh(cmd, workflow.now())
         self._check_owner(cmd.actor)
         self._check_progress(cmd)
 

@@ -6,15 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.auth import CurrentUser, may_see_partner_item, require_partner_user
-from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
+from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
 from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from config import Settings
 from domain.opportunity import (
     FINAL_STATUSES,
     CancelOpportunity,
@@ -62,8 +64,13 @@ class History(BaseModel):
     items: list[AuditEntryPublic]
 
 
-async def load_opportunity(session: AsyncSession, po_id: str, principal: Principal) -> ProcessRow:
-    row = await session.get(ProcessRow, po_id)
+async def load_opportunity(
+    sessions: async_sessionmaker[AsyncSession], po_id: str, principal: Principal
+) -> ProcessRow:
+    """The PO's read-model row, if the caller may see it. A short session of its own: write
+    routes must not hold a pooled connection while they wait on Temporal."""
+    async with sessions() as session:
+        row = await session.get(ProcessRow, po_id)
     if row is None or row.process != "opportunity":
         raise ApiError("PF.NOT_FOUND", f"no opportunity {po_id}")
     if not may_see_partner_item(principal, row.partner_id):
@@ -76,7 +83,6 @@ async def submit_opportunity(
     body: OpportunityCreate,
     request: Request,
     principal: CurrentUser,
-    session: SessionDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
@@ -84,7 +90,9 @@ async def submit_opportunity(
 ) -> Any:
     """R-PO-1: submit a PO. It is routed (R-PO-2/3) and flagged (R-PO-4/8) before the answer."""
     partner_id = require_partner_user(principal)
-    if await session.get(Partner, partner_id) is None:
+    async with sessions() as session:
+        partner = await session.get(Partner, partner_id)
+    if partner is None:
         raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
     po_id = process_id("po", partner_id, idempotency_key)
 
@@ -131,7 +139,9 @@ async def submit_opportunity(
     )
 
 
-async def _po_is_live(sessions: Any, temporal: Client, po_id: str) -> bool:
+async def _po_is_live(
+    sessions: async_sessionmaker[AsyncSession], temporal: Client, po_id: str
+) -> bool:
     async with sessions() as session:
         row = await session.get(ProcessRow, po_id)
     if row is not None:
@@ -140,8 +150,8 @@ async def _po_is_live(sessions: Any, temporal: Client, po_id: str) -> bool:
 
 
 @router.get("/{po_id}", response_model=OpportunityView, responses=ERRORS)
-async def get_opportunity(po_id: str, principal: CurrentUser, session: SessionDep) -> Any:
-    row = await load_opportunity(session, po_id, principal)
+async def get_opportunity(po_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    row = await load_opportunity(sessions, po_id, principal)
     return row.view
 
 
@@ -149,14 +159,14 @@ async def _partner_update(
     *,
     po_id: str,
     principal: Principal,
-    session: Any,
-    settings: Any,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
     temporal: Client,
     update: str,
     arg: BaseModel,
     key: str | None,
 ) -> dict[str, Any]:
-    row = await load_opportunity(session, po_id, principal)
+    row = await load_opportunity(sessions, po_id, principal)
     require_partner_user(principal)
     if row.status in {s.value for s in FINAL_STATUSES}:
         raise ApiError("PF.PROCESS_CLOSED", f"opportunity {po_id} is {row.status}")
@@ -177,7 +187,6 @@ async def cancel_opportunity(
     body: CancelBody,
     request: Request,
     principal: CurrentUser,
-    session: SessionDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
@@ -189,7 +198,7 @@ async def cancel_opportunity(
         return await _partner_update(
             po_id=po_id,
             principal=principal,
-            session=session,
+            sessions=sessions,
             settings=settings,
             temporal=temporal,
             update="cancel",
@@ -214,7 +223,6 @@ async def resubmit_opportunity(
     body: ResubmitBody,
     request: Request,
     principal: CurrentUser,
-    session: SessionDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
@@ -227,7 +235,7 @@ async def resubmit_opportunity(
         return await _partner_update(
             po_id=po_id,
             principal=principal,
-            session=session,
+            sessions=sessions,
             settings=settings,
             temporal=temporal,
             update="resubmit",
@@ -251,7 +259,7 @@ async def update_opportunity_progress(
     po_id: str,
     body: OpportunityProgress,
     principal: CurrentUser,
-    session: SessionDep,
+    sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
     idempotency_key: IdempotencyKey = None,
@@ -263,7 +271,7 @@ async def update_opportunity_progress(
     return await _partner_update(
         po_id=po_id,
         principal=principal,
-        session=session,
+        sessions=sessions,
         settings=settings,
         temporal=temporal,
         update="update_progress",
@@ -273,10 +281,11 @@ async def update_opportunity_progress(
 
 
 @router.get("/{po_id}/history", response_model=History, responses=ERRORS)
-async def opportunity_history(po_id: str, principal: CurrentUser, session: SessionDep) -> Any:
+async def opportunity_history(po_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     """R-X-3: every action on the PO, oldest first."""
-    await load_opportunity(session, po_id, principal)
-    return await read_history(session, po_id)
+    await load_opportunity(sessions, po_id, principal)
+    async with sessions() as session:
+        return await read_history(session, po_id)
 
 
 async def read_history(session: Any, subject_id: str) -> History:

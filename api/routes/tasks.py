@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import CurrentUser
@@ -138,15 +140,20 @@ def public(row: TaskRow) -> TaskPublic:
     )
 
 
-async def load_task(session: AsyncSession, task_id: str, principal: Principal) -> TaskRow:
-    row = await session.get(TaskRow, task_id)
-    if row is None:
-        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
-    from sqlmodel import select
-
-    visible = (
-        await session.exec(select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal)))
-    ).first()
+async def load_task(
+    sessions: async_sessionmaker[AsyncSession], task_id: str, principal: Principal
+) -> TaskRow:
+    """The task's row, if the caller may see it; a short session of its own (see
+    opportunities.load_opportunity)."""
+    async with sessions() as session:
+        row = await session.get(TaskRow, task_id)
+        if row is None:
+            raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+        visible = (
+            await session.exec(
+                select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal))
+            )
+        ).first()
     if visible is None:
         raise ApiError("PF.FORBIDDEN", f"task {task_id} is not yours to see")
     return row
@@ -183,15 +190,16 @@ async def inbox(
 
 
 @router.get("/{task_id}", response_model=TaskDetail, responses=ERRORS)
-async def get_task(task_id: str, principal: CurrentUser, session: SessionDep) -> Any:
-    row = await load_task(session, task_id, principal)
-    process = await session.get(ProcessRow, row.process_id)
+async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    row = await load_task(sessions, task_id, principal)
+    async with sessions() as session:
+        process = await session.get(ProcessRow, row.process_id)
     return TaskDetail(**public(row).model_dump(), process_summary=process.view if process else None)
 
 
 async def _complete_one(
     *,
-    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
     temporal: Any,
     principal: Principal,
@@ -199,7 +207,7 @@ async def _complete_one(
     body: Completion,
     key: str | None,
 ) -> dict[str, Any]:
-    row = await load_task(session, task_id, principal)
+    row = await load_task(sessions, task_id, principal)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await send_update(
@@ -235,10 +243,10 @@ async def bulk_complete(
     gate = asyncio.Semaphore(8)
 
     async def one(task_id: str) -> BulkItemResult:
-        async with gate, sessions() as session:
+        async with gate:
             try:
                 view = await _complete_one(
-                    session=session,
+                    sessions=sessions,
                     settings=settings,
                     temporal=temporal,
                     principal=principal,
@@ -280,7 +288,6 @@ async def complete_task(
     body: Completion,
     request: Request,
     principal: CurrentUser,
-    session: SessionDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
@@ -291,7 +298,7 @@ async def complete_task(
 
     async def act() -> dict[str, Any]:
         return await _complete_one(
-            session=session,
+            sessions=sessions,
             settings=settings,
             temporal=temporal,
             principal=principal,
@@ -316,13 +323,14 @@ async def reassign_task(
     task_id: str,
     body: Reassignment,
     principal: CurrentUser,
-    session: SessionDep,
+    sessions: SessionsDep,
     settings: SettingsDep,
     temporal: TemporalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
-    row = await session.get(TaskRow, task_id)
+    async with sessions() as session:
+        row = await session.get(TaskRow, task_id)
     if row is None:
         raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
     if row.status != "open":
