@@ -77,6 +77,12 @@ def require_partner_user(principal: Principal) -> str:
     return principal.partner_id
 
 
+def require_partner_admin(principal: Principal) -> str:
+    if principal.partner_id is None or not principal.has(Role.partner_admin):
+        raise ApiError("PF.FORBIDDEN", "only a partner's admins (partner_admin) may do this")
+    return principal.partner_id
+
+
 def require_staff(principal: Principal) -> None:
     if not principal.is_staff:
         raise ApiError("PF.FORBIDDEN", "only partner-program staff may do this")

@@ -46,6 +46,8 @@ class HumanTask(BaseModel):
     partner_id: str | None = None
     assignee: str | None = None
     candidate_role: Role | None = None
+    # With `candidate_role`: only that role's users of this partner (a distributor's reviewers).
+    assignee_partner_id: str | None = None
     status: TaskStatus = TaskStatus.open
     created_at: datetime
     sla: str | None = None
@@ -63,7 +65,10 @@ class HumanTask(BaseModel):
 
     @property
     def who(self) -> str:
-        return self.assignee or f"any {self.candidate_role}"
+        if self.assignee:
+            return self.assignee
+        of_partner = f" of {self.assignee_partner_id}" if self.assignee_partner_id else ""
+        return f"any {self.candidate_role}{of_partner}"
 
     def next_deadline(self) -> datetime | None:
         if self.status is not TaskStatus.open:
@@ -109,7 +114,9 @@ def check_fresh(cmd: Command, now: datetime) -> None:
 def may_act_on(task: HumanTask, actor: Principal) -> bool:
     if task.assignee is not None:
         return actor.sub == task.assignee
-    return task.candidate_role is not None and actor.has(task.candidate_role)
+    if task.candidate_role is None or not actor.has(task.candidate_role):
+        return False
+    return task.assignee_partner_id is None or actor.partner_id == task.assignee_partner_id
 
 
 def check_completion(task: HumanTask | None, kind: TaskKind, cmd: CompleteTask) -> BaseModel | None:

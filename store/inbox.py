@@ -19,6 +19,18 @@ from store.models import TaskRow
 _FAR = datetime(9999, 12, 31)
 
 
+def offered_to(principal: Principal) -> Any:
+    """Unassigned tasks offered to one of the caller's roles; a task offered to a role within one
+    partner (`assignee_partner_id`, e.g. a distributor's review) only to that partner's users."""
+    roles = [str(r) for r in principal.roles]
+    own_partner: Any = col(TaskRow.assignee_partner_id).is_(None)
+    if principal.partner_id is not None:
+        own_partner = sa.or_(own_partner, col(TaskRow.assignee_partner_id) == principal.partner_id)
+    return sa.and_(
+        col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles), own_partner
+    )
+
+
 def visible_to(principal: Principal) -> Any:
     """Staff see tasks assigned to them, offered to one of their roles, or escalated to one of
     their roles; ops_admin sees all; partner users see their own partner's tasks."""
@@ -29,7 +41,7 @@ def visible_to(principal: Principal) -> Any:
         roles = [str(r) for r in principal.roles]
         clauses += [
             col(TaskRow.assignee) == principal.sub,
-            sa.and_(col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles)),
+            offered_to(principal),
             col(TaskRow.escalate_to_role).in_(roles),
         ]
     if principal.partner_id is not None and principal.is_partner_user:
@@ -38,11 +50,7 @@ def visible_to(principal: Principal) -> Any:
 
 
 def mine(principal: Principal) -> Any:
-    roles = [str(r) for r in principal.roles]
-    return sa.or_(
-        col(TaskRow.assignee) == principal.sub,
-        sa.and_(col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles)),
-    )
+    return sa.or_(col(TaskRow.assignee) == principal.sub, offered_to(principal))
 
 
 def encode_cursor(row: TaskRow) -> str:

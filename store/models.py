@@ -121,6 +121,7 @@ class TaskRow(SQLModel, table=True):
     partner_id: str | None = Field(default=None, max_length=64)
     assignee: str | None = Field(default=None, max_length=128)
     candidate_role: str | None = Field(default=None, max_length=32)
+    assignee_partner_id: str | None = Field(default=None, max_length=64, index=True)
     escalate_to_role: str | None = Field(default=None, max_length=32)
     status: str = Field(max_length=16)
     escalated: bool = False

@@ -67,6 +67,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
             "partner_id": task.partner_id,
             "assignee": task.assignee,
             "candidate_role": task.candidate_role,
+            "assignee_partner_id": task.assignee_partner_id,
             "escalate_to_role": task.escalate_to_role if task.escalated else None,
             "status": task.status,
             "escalated": task.escalated,

@@ -160,11 +160,17 @@ class ProcessWorkflow:
         pending.error = error
         pending.done = True
 
-    async def next_command(self) -> Pending:
-        """The next queued command; meanwhile, fire task reminders and escalations when due."""
+    async def next_command(self, is_final: Callable[[], bool] | None = None) -> Pending | None:
+        """The next queued command; meanwhile, fire task reminders and escalations when due.
+
+        None once `is_final()` holds with nothing queued: a process-level deadline (an
+        invitation's expiry) can end a process without any command.
+        """
         while True:
             if self.queue:
                 return self.queue.popleft()
+            if is_final is not None and is_final():
+                return None
             deadline = self._next_deadline()
             if deadline is None:
                 await workflow.wait_condition(lambda: bool(self.queue))
@@ -221,6 +227,7 @@ class ProcessWorkflow:
         escalate_to_role: Role | None = None,
         partner_id: str | None = None,
         submitted_by: str | None = None,
+        assignee_partner_id: str | None = None,
     ) -> HumanTask:
         assert assignee or candidate_role, "a task needs a person or a role"
         self.task_seq += 1
@@ -232,6 +239,7 @@ class ProcessWorkflow:
             partner_id=partner_id,
             assignee=assignee,
             candidate_role=candidate_role,
+            assignee_partner_id=assignee_partner_id,
             created_at=workflow.now(),
             sla=sla,
             escalate_to_role=escalate_to_role,
@@ -371,7 +379,9 @@ class ProcessWorkflow:
     async def serve_until(self, is_final: Callable[[], bool]) -> None:
         """Apply commands with `handle` until `is_final()`; refusals go back to their caller."""
         while not is_final():
-            pending = await self.next_command()
+            pending = await self.next_command(is_final)
+            if pending is None:
+                break
             try:
                 await self.handle(pending)
             except ApplicationError as exc:

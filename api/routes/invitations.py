@@ -1,0 +1,283 @@
+"""Association invitations (R-INV-1 … R-INV-5): invite, read, accept, revoke, history.
+
+Eligibility is checked here, read-only, before an invitation starts (R-INV-2), so a refused one
+never becomes a process; the workflow checks again at acceptance (R-INV-5), atomically with the
+association (see `workflows.invitation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.auth import CurrentUser, may_see_partner_item, require_partner_admin
+from api.deps import SessionsDep, SettingsDep, TemporalDep
+from api.errors import ApiError, ErrorEnvelope
+from api.idempotency import IdempotencyKey, idempotent
+from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from api.routes.opportunities import History, read_history
+from domain.invitations import (
+    AcceptInvitation,
+    AssociationInvitationInput,
+    InvitationCreate,
+    InvitationStatus,
+    InvitationView,
+    Refusal,
+    RevokeInvitation,
+    association_refusal,
+    invitation_not_pending,
+)
+from domain.principal import Principal, Role
+from store.accounts import account_facts
+from store.claims import claim
+from store.models import Partner, ProcessRow
+from workflows.invitation import AssociationInvitation
+
+router = APIRouter(prefix="/v1/invitations", tags=["invitations"])
+Sessions = async_sessionmaker[AsyncSession]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
+}
+
+
+class RevokeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+# --- shared by the invitation, customer and reseller routes ------------------------------------
+
+
+def refused(refusal: Refusal) -> ApiError:
+    return ApiError(refusal.code, refusal.message, refusal.details or None)
+
+
+def holder_is_live(
+    sessions: Sessions, temporal: Client, live_statuses: set[str]
+) -> Callable[[str], Awaitable[bool]]:
+    """Whether the process holding a claim still holds it: its status is live, or it has no
+    read-model row yet and its workflow runs (it is being started)."""
+
+    async def live(other: str) -> bool:
+        async with sessions() as session:
+            row = await session.get(ProcessRow, other)
+        if row is not None:
+            return row.status in live_statuses
+        return await workflow_is_running(temporal, other)
+
+    return live
+
+
+async def registered_partner(sessions: Sessions, partner_id: str) -> Partner:
+    async with sessions() as session:
+        partner = await session.get(Partner, partner_id)
+    if partner is None:
+        raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
+    return partner
+
+
+async def process_row(sessions: Sessions, process: str, item_id: str, noun: str) -> ProcessRow:
+    """A process's read-model row, in a short session of its own: write routes must not hold a
+    pooled connection while they wait on Temporal (see opportunities.load_opportunity)."""
+    async with sessions() as session:
+        row = await session.get(ProcessRow, item_id)
+    if row is None or row.process != process:
+        raise ApiError("PF.NOT_FOUND", f"no {noun} {item_id}")
+    return row
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+async def load_invitation(sessions: Sessions, inv_id: str, principal: Principal) -> ProcessRow:
+    row = await process_row(sessions, "invitation", inv_id, "invitation")
+    invitee = principal.has(Role.account) and principal.sub == row.view.get("account_id")
+    if not (invitee or may_see_partner_item(principal, row.partner_id)):
+        raise ApiError("PF.FORBIDDEN", "this invitation belongs to another partner")
+    return row
+
+
+@router.post("", status_code=201, response_model=InvitationView, responses=ERRORS)
+async def invite_account(
+    body: InvitationCreate,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-INV-1: a partner admin invites a personal account; R-INV-2 eligibility is checked
+    before anything starts. The account has `invite_ttl` (P7D) to accept (R-INV-3)."""
+    partner_id = require_partner_admin(principal)
+    await registered_partner(sessions, partner_id)
+    inv_id = process_id("inv", partner_id, idempotency_key)
+
+    async def start() -> dict[str, Any]:
+        async with sessions() as session:
+            facts = await account_facts(session, body.account_id)
+        refusal = association_refusal(
+            facts,
+            account_id=body.account_id,
+            partner_id=partner_id,
+            rules="invitation",
+            same_partner_is_refused=True,
+        )
+        if refusal is not None:
+            raise refused(refusal)
+        assert facts is not None
+        # One pending invitation per partner and account; after expiry or revocation the
+        # partner may invite again (a new invitation, R-INV-3 / R-INV-4).
+        holder = await claim(
+            sessions,
+            scope="inv-pending",
+            key=f"{partner_id}|{body.account_id}",
+            owner_id=inv_id,
+            holder_is_live=holder_is_live(sessions, temporal, {InvitationStatus.pending.value}),
+        )
+        if holder is not None:
+            raise ApiError(
+                "PF.INVITATION_PENDING",
+                f"partner {partner_id} already has a pending invitation to {body.account_id}",
+                {"existing_id": holder},
+            )
+        return await start_process(
+            temporal,
+            settings,
+            workflow=AssociationInvitation.run,
+            arg=AssociationInvitationInput(
+                invitation_id=inv_id,
+                partner_id=partner_id,
+                invited_by=principal.sub,
+                account_id=body.account_id,
+                account_email=facts.email,
+                message=body.message,
+                policy=settings.policy,
+            ),
+            workflow_id=inv_id,
+            process="invitation",
+            partner_id=partner_id,
+            summary=f"invitation of account {body.account_id} by {partner_id}",
+        )
+
+    return await idempotent(
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=201,
+        action=start,
+    )
+
+
+@router.get("/{inv_id}", response_model=InvitationView, responses=ERRORS)
+async def get_invitation(inv_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    row = await load_invitation(sessions, inv_id, principal)
+    return row.view
+
+
+@router.post("/{inv_id}/accept", response_model=InvitationView, responses=ERRORS)
+async def accept_invitation(
+    inv_id: str,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-INV-3 / R-INV-5: the invited account accepts within the TTL, if still eligible."""
+
+    async def act() -> dict[str, Any]:
+        row = await process_row(sessions, "invitation", inv_id, "invitation")
+        view = InvitationView.model_validate(row.view)
+        if not principal.has(Role.account) or principal.sub != view.account_id:
+            raise ApiError("PF.NOT_INVITEE", "only the invited account may accept this invitation")
+        refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
+        if refusal is not None:
+            raise refused(refusal)
+        return await send_update(
+            temporal,
+            settings,
+            workflow_id=inv_id,
+            update="accept",
+            arg=AcceptInvitation(actor=principal),
+            update_id=update_id("accept", inv_id, idempotency_key),
+            what=f"accepting invitation {inv_id}",
+        )
+
+    return await idempotent(
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body={},
+        status_code=200,
+        action=act,
+    )
+
+
+@router.post("/{inv_id}/revoke", response_model=InvitationView, responses=ERRORS)
+async def revoke_invitation(
+    inv_id: str,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+    body: RevokeBody | None = None,
+) -> Any:
+    """R-INV-4: the inviting partner's admin withdraws a pending invitation."""
+    revocation = body or RevokeBody()
+
+    async def act() -> dict[str, Any]:
+        row = await load_invitation(sessions, inv_id, principal)
+        view = InvitationView.model_validate(row.view)
+        if principal.partner_id != view.partner_id or not principal.has(Role.partner_admin):
+            raise ApiError(
+                "PF.NOT_OWNER", "only an admin of the inviting partner may revoke (R-INV-4)"
+            )
+        refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
+        if refusal is not None:
+            raise refused(refusal)
+        return await send_update(
+            temporal,
+            settings,
+            workflow_id=inv_id,
+            update="revoke",
+            arg=RevokeInvitation(actor=principal, reason=revocation.reason),
+            update_id=update_id("revoke", inv_id, idempotency_key),
+            what=f"revoking invitation {inv_id}",
+        )
+
+    return await idempotent(
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=revocation.model_dump(mode="json"),
+        status_code=200,
+        action=act,
+    )
+
+
+@router.get("/{inv_id}/history", response_model=History, responses=ERRORS)
+async def invitation_history(inv_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    """R-X-3: every action on the invitation, oldest first."""
+    await load_invitation(sessions, inv_id, principal)
+    async with sessions() as session:
+        return await read_history(session, inv_id)

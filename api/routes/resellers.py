@@ -1,0 +1,146 @@
+"""Reseller cooperation applications (R-RES-1): apply, read, history.
+
+The distributor's review is a `res.review` task: its users find it in `GET /v1/tasks` and decide
+with `POST /v1/tasks/{id}/complete` or, many at once, `POST /v1/tasks/bulk-complete`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from api.auth import CurrentUser, require_partner_admin
+from api.deps import SessionsDep, SettingsDep, TemporalDep
+from api.errors import ApiError, ErrorEnvelope
+from api.idempotency import IdempotencyKey, idempotent
+from api.processes import process_id, start_process
+from api.routes.invitations import Sessions, holder_is_live, process_row, registered_partner
+from api.routes.opportunities import History, read_history
+from domain.principal import Principal, Role
+from domain.resellers import (
+    DISTRIBUTOR_KIND,
+    LIVE_STATUSES,
+    RESELLER_KIND,
+    ResellerApplicationCreate,
+    ResellerApplicationInput,
+    ResellerApplicationView,
+    claim_key,
+)
+from store.accounts import partner_contact
+from store.claims import claim
+from store.models import Partner, ProcessRow
+from workflows.reseller import ResellerApplication
+
+router = APIRouter(prefix="/v1/reseller-applications", tags=["resellers"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
+}
+
+
+def may_see_application(principal: Principal, row: ProcessRow) -> bool:
+    """The reseller's users, the named distributor's reviewers, and ops."""
+    if principal.has(Role.ops_admin):
+        return True
+    if principal.partner_id is None:
+        return False
+    if principal.is_partner_user and principal.partner_id == row.partner_id:
+        return True
+    return principal.has(Role.distributor) and principal.partner_id == row.view.get(
+        "distributor_id"
+    )
+
+
+async def load_application(sessions: Sessions, app_id: str, principal: Principal) -> ProcessRow:
+    row = await process_row(sessions, "reseller_application", app_id, "reseller application")
+    if not may_see_application(principal, row):
+        raise ApiError("PF.FORBIDDEN", "this application is between other partners")
+    return row
+
+
+@router.post("", status_code=201, response_model=ResellerApplicationView, responses=ERRORS)
+async def apply_to_distributor(
+    body: ResellerApplicationCreate,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """R-RES-1: a reseller's admin applies to cooperate with a distributor."""
+    reseller_id = require_partner_admin(principal)
+    reseller = await registered_partner(sessions, reseller_id)
+    if reseller.kind != RESELLER_KIND:
+        raise ApiError(
+            "PF.NOT_A_RESELLER",
+            f"partner {reseller_id} is a {reseller.kind}; only resellers apply to distributors",
+        )
+    async with sessions() as session:
+        distributor = await session.get(Partner, body.distributor_id)
+        contact = await partner_contact(session, body.distributor_id)
+    if distributor is None or distributor.kind != DISTRIBUTOR_KIND:
+        raise ApiError(
+            "PF.DISTRIBUTOR_NOT_FOUND",
+            f"there is no distributor {body.distributor_id}",
+            {"distributor_id": body.distributor_id},
+        )
+    app_id = process_id("res", reseller_id, idempotency_key)
+
+    async def start() -> dict[str, Any]:
+        holder = await claim(
+            sessions,
+            scope="res-coop",
+            key=claim_key(reseller_id, body.distributor_id),
+            owner_id=app_id,
+            holder_is_live=holder_is_live(sessions, temporal, {s.value for s in LIVE_STATUSES}),
+        )
+        if holder is not None:
+            raise ApiError(
+                "PF.APPLICATION_EXISTS",
+                f"{reseller_id} already has an application to {body.distributor_id} in review "
+                "or approved",
+                {"existing_id": holder},
+            )
+        return await start_process(
+            temporal,
+            settings,
+            workflow=ResellerApplication.run,
+            arg=ResellerApplicationInput(
+                application_id=app_id,
+                reseller_id=reseller_id,
+                reseller_name=reseller.name,
+                submitted_by=principal.sub,
+                distributor_id=body.distributor_id,
+                distributor_contact=contact,
+                application=body,
+            ),
+            workflow_id=app_id,
+            process="reseller_application",
+            partner_id=reseller_id,
+            summary=f"cooperation application of reseller {reseller_id} to {body.distributor_id}",
+        )
+
+    return await idempotent(
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body.model_dump(mode="json"),
+        status_code=201,
+        action=start,
+    )
+
+
+@router.get("/{app_id}", response_model=ResellerApplicationView, responses=ERRORS)
+async def get_application(app_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    row = await load_application(sessions, app_id, principal)
+    return row.view
+
+
+@router.get("/{app_id}/history", response_model=History, responses=ERRORS)
+async def application_history(app_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
+    await load_application(sessions, app_id, principal)
+    async with sessions() as session:
+        return await read_history(session, app_id)
