@@ -12,6 +12,8 @@ from typing import Annotated
 import isodate
 from pydantic import AfterValidator, BaseModel, Field
 
+from domain.incentive_caps import IncentiveCaps
+
 
 def _parse(text: str) -> timedelta | isodate.Duration:
     try:
@@ -55,4 +57,6 @@ class Policy(BaseModel):
     recert_window: IsoDuration = "P60D"
     payout_sla: IsoDuration = "P15D"
     invite_ttl: IsoDuration = "P7D"
+    customer_link_ttl: IsoDuration = "P30D"  # R-INV-6 (our choice)
     incentive_apps_per_month: int = Field(default=5, ge=1)
+    incentive_caps: IncentiveCaps = Field(default_factory=IncentiveCaps)  # R-INC-2

@@ -1,0 +1,95 @@
+"""R-INC-2: the reference maximum of one incentive application (CNY), per partner program.
+
+A table, not code: the defaults are DESIGN §1's and every entry is configurable through the
+policy (PARTNERFLOW_POLICY__INCENTIVE_CAPS__<PROGRAM> as a JSON object). Its own module because
+`domain.policy` carries it and `domain.incentives` reads it. Pure code: safe in workflows.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field
+
+Cap = Annotated[
+    Decimal,
+    Field(gt=0, max_digits=16, decimal_places=2, allow_inf_nan=False),
+    AfterValidator(lambda cap: cap.quantize(Decimal("0.01"))),
+]
+
+# A service partner's cap names one capability label (its subject) or every label of a level.
+ANY_LABEL_OF_LEVEL = "level-{level}"
+
+
+def _cny(amount: str) -> Decimal:
+    return Decimal(amount)
+
+
+class IncentiveCaps(BaseModel):
+    """Each program's caps, keyed by what sets the cap within it."""
+
+    solution_provider: dict[str, Cap] = Field(
+        default_factory=lambda: {"core": _cny("300000.00"), "leading": _cny("100000.00")},
+        description="by the partner's tier",
+    )
+    distributor: dict[str, Cap] = Field(
+        default_factory=lambda: {
+            "region-1": _cny("300000.00"),
+            "region-2": _cny("300000.00"),
+            "region-3": _cny("200000.00"),
+        },
+        description="by the partner's region",
+    )
+    software: dict[str, Cap] = Field(
+        default_factory=lambda: {
+            "cloud_software": _cny("50000.00"),
+            "advanced_cloud_software": _cny("80000.00"),
+        },
+        description="by the cloud software certification the partner holds (the highest cap)",
+    )
+    service: dict[str, Cap] = Field(
+        # The documentation names the table but no figure: 50,000 per level-2 label is ours.
+        default_factory=lambda: {"level-2": _cny("50000.00")},
+        description="by capability label: its subject, else 'level-<n>'",
+    )
+
+
+class CapFacts(BaseModel):
+    """What sets an application's cap: the partner's program and, where it matters, its
+    certifications (software) or the capability label the application is for (service)."""
+
+    kind: str
+    tier: str | None = None
+    region: str | None = None
+    certifications: list[str] = Field(default_factory=list)
+    label_subject: str | None = None
+    label_level: int | None = None
+
+
+class CapDecision(BaseModel):
+    cap: Decimal | None
+    program: str  # e.g. "solution_provider/core", for the caller and the reviewer
+
+
+def cap_for(caps: IncentiveCaps, facts: CapFacts) -> CapDecision:
+    """The reference maximum for one application, or `cap=None` when the table has none."""
+    table: dict[str, Decimal] = getattr(caps, facts.kind, None) or {}
+    keys: list[str]
+    if facts.kind == "solution_provider":
+        keys = [facts.tier] if facts.tier else []
+    elif facts.kind == "distributor":
+        keys = [facts.region] if facts.region else []
+    elif facts.kind == "software":
+        held = [c for c in facts.certifications if c in table]
+        keys = sorted(held, key=lambda c: table[c], reverse=True)[:1]
+    elif facts.kind == "service":
+        keys = [k for k in (facts.label_subject,) if k]
+        if facts.label_level is not None:
+            keys.append(ANY_LABEL_OF_LEVEL.format(level=facts.label_level))
+    else:
+        keys = []
+    for key in keys:
+        if key in table:
+            return CapDecision(cap=table[key], program=f"{facts.kind}/{key}")
+    return CapDecision(cap=None, program=f"{facts.kind}/{keys[0] if keys else '-'}")
