@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3)
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -13,10 +13,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
+# tests/test_ui_browser.py drives Debian's chromium (never a downloaded browser). Installed here
+# when missing, where apt-get exists and we are root (CI, the dev machines); otherwise, or if apt
+# refuses, a warning here and that test fails saying what is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the Temporal UI test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; } \
+	    || echo "warning: apt-get could not install chromium; the UI test will fail" >&2; \
+	  else \
+	    echo "warning: chromium is missing (needs root and apt-get); the UI test will fail" >&2; \
+	  fi; }
+
 run: install
 	$(PYTHON) devstack.py
 
-test: lint
+test: lint browser
 	$(VENV)/bin/pytest -q
 
 lint: install

@@ -62,6 +62,16 @@ class Settings(BaseSettings):
         default=15.0, description="how long the API waits for a worker to answer a decision"
     )
     max_body_bytes: int = 256 * 1024
+    worker_metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="the worker's Prometheus endpoint (Temporal SDK metrics); 0 turns it off",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector for traces, e.g. http://collector:4318; unset: no tracing",
+    )
     rate_limit: RateLimit = RateLimit()
     policy: Policy = Policy()
 

@@ -1,17 +1,25 @@
-"""Cross-cutting HTTP concerns: body size limit, per-caller rate limit (R-X-1), request metrics."""
+"""Cross-cutting HTTP concerns: body size limit, per-caller rate limit (R-X-1), request metrics,
+request ids."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import re
 import time
+import uuid
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import envelope
 from config import RateLimit
+from telemetry import REQUEST_ID
+
+access_log = logging.getLogger("partnerflow.access")
 
 REQUESTS = Counter(
     "partnerflow_http_requests_total", "HTTP requests", ["method", "route", "status"]
@@ -136,3 +144,67 @@ class GuardMiddleware:
 
 class BodyTooLarge(Exception):
     """A chunked body passed the limit while being read."""
+
+
+# A caller's id is kept only if it cannot garble a log line or a header.
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every request gets an id: the caller's `X-Request-ID` when it is sane, a new one otherwise.
+    It is returned in the response and carried by every log line written while the request runs,
+    so a caller's report can be matched to our logs. Writes the access log line, with the task
+    and workflow the request was about."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent if _CALLER_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope["path"] not in ("/healthz", "/readyz", "/metrics"):
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                        **_subject(scope.get("path_params") or {}),
+                    },
+                )
+            REQUEST_ID.reset(token)
+
+
+def _subject(path_params: dict[str, object]) -> dict[str, str]:
+    """The task and workflow a request is about: `{task_id}` (ids are `<workflow id>.<n>`) or
+    any other `{..._id}` path parameter, which names a process, i.e. a workflow."""
+    task_id = path_params.get("task_id")
+    if task_id:
+        task = str(task_id)
+        return {"task_id": task, "workflow_id": task.rpartition(".")[0] or task}
+    for name, value in path_params.items():
+        if name.endswith("_id"):
+            return {"workflow_id": str(value)}
+    return {}

@@ -363,6 +363,18 @@ class ProcessWorkflow:
         )
         self.recorded = self.version
         self._publish_visibility()
+        for entry in audit:  # one log line per recorded action; never during replay
+            workflow.logger.info(
+                "%s %s by %s",
+                self.process,
+                entry.action,
+                entry.actor,
+                extra={
+                    "task_id": entry.task_id,
+                    "actor": entry.actor,
+                    "process_kind": self.process,
+                },
+            )
 
     def _publish_visibility(self) -> None:
         open_tasks = [t for t in self.tasks.values() if t.status is TaskStatus.open]

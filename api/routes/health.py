@@ -39,5 +39,9 @@ async def readyz(request: Request) -> Any:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Request metrics of this process, then the business gauges read from the read model."""
+    business = request.app.state.business_metrics
+    await business.refresh()
+    body = generate_latest() + generate_latest(business.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
