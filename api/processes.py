@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
 
-from api.errors import temporal_errors
+from api.errors import ApiError, temporal_errors
 from config import Settings
 from domain.search_attributes import PARTNER_ID, PROCESS_KIND, STAGE
 from domain.tasks import Command
@@ -69,16 +70,28 @@ async def start_process(
         ),
         static_summary=summary[:400],
     )
-    with temporal_errors(f"starting {process} {workflow_id}"):
-        result: dict[str, Any] = await asyncio.wait_for(
-            client.execute_update_with_start_workflow(
-                "submitted",
-                start_workflow_operation=operation,
-                id="submitted",
-                result_type=dict,
-            ),
-            timeout=settings.update_timeout_seconds,
-        )
+    try:
+        with temporal_errors(f"starting {process} {workflow_id}"):
+            result: dict[str, Any] = await asyncio.wait_for(
+                client.execute_update_with_start_workflow(
+                    "submitted",
+                    start_workflow_operation=operation,
+                    id="submitted",
+                    result_type=dict,
+                ),
+                timeout=settings.update_timeout_seconds,
+            )
+    except ApiError as exc:
+        if exc.code != "PF.WORKER_UNAVAILABLE":
+            raise
+        # The start itself is durable even when no worker has answered yet.
+        raise ApiError(
+            "PF.OUTCOME_PENDING",
+            f"{process} {workflow_id} was started but has not answered in time; retry with "
+            "the same Idempotency-Key to read it",
+            {"id": workflow_id},
+            headers={"Retry-After": "5"},
+        ) from exc
     return result
 
 
@@ -99,11 +112,36 @@ async def send_update(
         # given just before the deadline still reaches the caller.
         not_after = datetime.now(UTC) + timedelta(seconds=settings.update_timeout_seconds)
         arg = arg.model_copy(update={"not_after": not_after})
+    started = time.monotonic()
+    budget = settings.update_timeout_seconds + UPDATE_GRACE_SECONDS
     with temporal_errors(what):
-        result: dict[str, Any] = await asyncio.wait_for(
-            handle.execute_update(update, arg, id=update_id, result_type=dict),
-            timeout=settings.update_timeout_seconds + UPDATE_GRACE_SECONDS,
+        # Until a worker accepts the command nothing is recorded (and after `not_after`
+        # nothing ever will be): a timeout here is a plain 503.
+        accepted = await asyncio.wait_for(
+            handle.start_update(
+                update,
+                arg,
+                id=update_id,
+                result_type=dict,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            ),
+            timeout=budget,
         )
+    remaining = max(budget - (time.monotonic() - started), 1.0)
+    try:
+        with temporal_errors(what):
+            result: dict[str, Any] = await asyncio.wait_for(accepted.result(), timeout=remaining)
+    except ApiError as exc:
+        if exc.code != "PF.WORKER_UNAVAILABLE":
+            raise
+        # Accepted, so it will be applied (e.g. once the database is back): say so, and how
+        # to learn the outcome, rather than "nothing was recorded".
+        raise ApiError(
+            "PF.OUTCOME_PENDING",
+            f"{what}: accepted, but not finished in time; it will be applied. Retry with the "
+            "same Idempotency-Key to read the outcome.",
+            headers={"Retry-After": "5"},
+        ) from exc
     return result
 
 

@@ -27,6 +27,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.INTERNAL": 500,
     "PF.UNAVAILABLE": 503,
     "PF.WORKER_UNAVAILABLE": 503,
+    "PF.OUTCOME_PENDING": 503,
+    "PF.STORE_UNAVAILABLE": 503,
     # reference data
     "PF.PARTNER_NOT_REGISTERED": 403,
     # processes and tasks
@@ -41,7 +43,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.INVALID_DATA": 422,
     "PF.WRONG_STATE": 409,
     "PF.NOT_OWNER": 403,
-    "PF.REQUEST_EXPIRED": 409,
+    "PF.REQUEST_EXPIRED": 503,  # the process saw it after the API stopped waiting: retry
     # opportunities
     "PF.OPPORTUNITY_EXISTS": 409,
     "PF.DUPLICATE_OF_APPROVED": 409,

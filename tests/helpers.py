@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from tests.conftest import Stack, eventually
+from api.auth import mint_token
+from config import Settings
+from tests.conftest import eventually
 
 ALL_PASS = {"customer_real": True, "project_real": True, "partner_role": True, "offering": True}
 
@@ -27,11 +29,25 @@ def po_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+class TokenSource(Protocol):
+    def auth(self, sub: str, roles: list[str], partner_id: str | None = None) -> dict[str, str]: ...
+
+
+class SettingsTokens:
+    """Tokens signed with a given deployment's secret (for tests with a stack of their own)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.secret = settings.jwt_secret
+
+    def auth(self, sub: str, roles: list[str], partner_id: str | None = None) -> dict[str, str]:
+        token = mint_token(self.secret, sub=sub, roles=roles, partner_id=partner_id)
+        return {"Authorization": f"Bearer {token}"}
+
+
 class Actors:
     """Tokens for the people in the tests."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.s = stack
+    def __init__(self, stack: TokenSource) -> None:
         self.acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
         self.acme_member = stack.auth("u-acme-2", ["partner_member"], "p-acme")
         self.bright = stack.auth("u-bright-1", ["partner_admin"], "p-bright")

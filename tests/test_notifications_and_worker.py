@@ -53,6 +53,7 @@ async def test_worker_stops_cleanly_on_sigterm(
         "PARTNERFLOW_TEMPORAL_ADDRESS": temporal_server.address,
         "PARTNERFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
         "PARTNERFLOW_TASK_QUEUE": "pf-sigterm-test",
+        "PARTNERFLOW_WORKER_METRICS_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
