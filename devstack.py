@@ -39,6 +39,14 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "DueAt": "Datetime",
 }
 
+# Server settings ops rely on: after this many consecutive workflow task failures (a bad deploy,
+# a nondeterminism error) the server sets TemporalReportedProblems, so the UI's "Task Failures"
+# view and the stuck-executions query in docs/operations.md find the execution. The same value
+# is in deploy/temporal-dynamicconfig.yaml (compose) and deploy/helm/temporal-values.yaml.
+DYNAMIC_CONFIG: dict[str, str] = {
+    "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute": "5",
+}
+
 TEMPORAL_START_TIMEOUT = 60.0
 API_READY_TIMEOUT = 90.0
 # How long each child may take to stop on SIGTERM before it is killed; the worker finishes
@@ -99,6 +107,8 @@ def temporal_dev_server_command(
     command += ["--namespace", settings.temporal_namespace, "--log-level", "warn"]
     for name, kind in SEARCH_ATTRIBUTES.items():
         command += ["--search-attribute", f"{name}={kind}"]
+    for key, value in DYNAMIC_CONFIG.items():
+        command += ["--dynamic-config-value", f"{key}={value}"]
     command += extra
     return command
 
@@ -137,6 +147,13 @@ DEMO_PARTNERS: dict[str, dict[str, Any]] = {
         "region": "north-china",
         "business_info_certified": False,
         "contact_email": "hello@cloudy.example",
+    },
+    # R-RES-1: applies to cooperate with p-bright (RESELLER_TOKEN, DISTRIBUTOR_TOKEN).
+    "p-relay": {
+        "name": "Relay Cloud Reseller",
+        "kind": "reseller",
+        "region": "south-china",
+        "contact_email": "sales@relay.example",
     },
 }
 
@@ -186,6 +203,8 @@ DEMO_USERS: dict[str, DemoUser] = {
     "FINANCE_TOKEN": DemoUser("finance-gao", ("finance",)),
     "FINANCE_LEAD_TOKEN": DemoUser("finance-lead-lin", ("finance_lead",)),
     "ACCOUNT_TOKEN": DemoUser("acct-1", ("account",)),
+    "RESELLER_TOKEN": DemoUser("relay-admin", ("partner_admin",), partner_id="p-relay"),
+    "DISTRIBUTOR_TOKEN": DemoUser("bright-reviewer", ("distributor",), partner_id="p-bright"),
 }
 
 
@@ -338,8 +357,9 @@ class DevStack:
             ("PARTNERFLOW_TEMPORAL_PORT", self.settings.temporal_port),
             ("PARTNERFLOW_UI_PORT", self.settings.ui_port),
             ("PARTNERFLOW_API_PORT", self.settings.api_port),
+            ("PARTNERFLOW_WORKER_METRICS_PORT", self.settings.worker_metrics_port),
         ):
-            if port_accepts_connections(LOCALHOST, port):
+            if port and port_accepts_connections(LOCALHOST, port):
                 raise DevStackError(
                     f"port {port} is already in use (another `make run`?); stop it or set "
                     f"{variable} to a free port"
@@ -410,6 +430,13 @@ class DevStack:
             f"  API           {self.api_url}",
             f"  OpenAPI docs  {self.api_url}/docs",
             f"  Temporal UI   {self.ui_url}",
+            f"  metrics       {self.api_url}/metrics, worker: "
+            + (
+                f"http://{LOCALHOST}:{self.settings.worker_metrics_port}/metrics"
+                if self.settings.worker_metrics_port
+                else "off"
+            ),
+            "  ops CLI       .venv/bin/partnerflow --help (docs/operations.md)",
             f"  data          {self.data_dir} (the next `make run` resumes from it)",
             "",
             f"Demo tokens, valid {DEMO_TOKEN_TTL_SECONDS // 86400} days; paste into another shell:",

@@ -14,17 +14,22 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.accounts import AccountActivities
+from activities.incentives import IncentiveActivities
 from activities.outbox import OutboxSender
 from activities.read_model import ReadModelActivities
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
+from telemetry import configure_logging, otlp_tracer_provider, tracing_interceptors, worker_runtime
 from workflows import ALL_WORKFLOWS
 
 log = logging.getLogger("partnerflow.worker")
@@ -45,7 +50,16 @@ PASSTHROUGH_MODULES = (
 def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[..., Any]]:
     """Every activity, bound to its dependencies. A process that adds activities lists them here."""
     store = ReadModelActivities(sessions)
-    return [store.apply_transition, store.assess_opportunity, store.find_approved_duplicate]
+    accounts = AccountActivities(sessions)
+    incentives = IncentiveActivities(sessions)
+    return [
+        store.apply_transition,
+        store.assess_opportunity,
+        store.find_approved_duplicate,
+        accounts.associate_account,
+        accounts.dissociate_account,
+        incentives.payment_eligibility,
+    ]
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -55,11 +69,19 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    runtime: Runtime | None = None,
+) -> Client:
+    """A client; with a tracer provider, its calls and the workers built on it are traced."""
     return await Client.connect(
         settings.resolved_temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        interceptors=tracing_interceptors(tracer_provider),
+        runtime=runtime,
     )
 
 
@@ -98,7 +120,11 @@ async def running_worker(
 
 
 async def serve(settings: Settings) -> None:
-    client = await connect(settings)
+    client = await connect(
+        settings,
+        tracer_provider=otlp_tracer_provider(settings, "partnerflow-worker"),
+        runtime=worker_runtime(settings),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,7 +136,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     asyncio.run(serve(get_settings()))
 
 

@@ -7,12 +7,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from opentelemetry.sdk.trace import TracerProvider
 
+from api.business_metrics import BusinessMetrics
 from api.errors import envelope, install_error_handlers
-from api.middleware import BodyTooLarge, GuardMiddleware
-from api.routes import admin, health, opportunities, tasks
+from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
+from api.routes import (
+    admin,
+    customers,
+    health,
+    incentives,
+    invitations,
+    opportunities,
+    resellers,
+    tasks,
+)
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
+from telemetry import configure_logging, instrument_api, otlp_tracer_provider
 from worker import connect
 
 DESCRIPTION = """
@@ -24,8 +36,12 @@ partnerflow starts and drives the partner program's long-running processes (Temp
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
     settings = settings or get_settings()
+    # Tracing: the given provider (tests), else OTLP when PARTNERFLOW_OTLP_ENDPOINT is set.
+    tracing = tracer_provider or otlp_tracer_provider(settings, "partnerflow-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
-        app.state.temporal = await connect(settings)
+        app.state.temporal = await connect(settings, tracer_provider=tracing)
+        app.state.business_metrics = BusinessMetrics(app.state.sessions)
         try:
             yield
         finally:
@@ -56,7 +73,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit
     )
-    for module in (health, admin, opportunities, tasks):
+    app.add_middleware(RequestIdMiddleware)  # outermost: refusals carry a request id too
+    if tracing is not None:
+        instrument_api(app, tracing)
+    for module in (
+        health,
+        admin,
+        opportunities,
+        tasks,
+        invitations,
+        customers,
+        resellers,
+        incentives,
+    ):
         app.include_router(module.router)
     return app
 
@@ -65,5 +94,6 @@ def __getattr__(name: str) -> FastAPI:
     # `uvicorn api.main:app` builds the app on first access, so importing this module (tests,
     # tools) reads no settings.
     if name == "app":
+        configure_logging()  # the served process logs JSON; tests that call create_app do not
         return create_app()
     raise AttributeError(name)

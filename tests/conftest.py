@@ -220,12 +220,12 @@ async def wait_for_namespace(client: Client) -> None:
 class ApiServer:
     """The real app under uvicorn on a free port, in this event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: Any = None) -> None:
         self.port = free_port()
         self.settings = settings
         self.server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings),
+                app or create_app(settings),
                 host="127.0.0.1",
                 port=self.port,
                 log_level="warning",
@@ -344,7 +344,7 @@ async def stack(
         temporal_address=temporal_server.address,
         task_queue=f"pf-test-{uuid.uuid4().hex[:8]}",
         rate_limit={"requests_per_second": 10_000, "burst": 10_000},
-        update_timeout_seconds=10,
+        update_timeout_seconds=20,
     )
     client = await connect(settings)
     await wait_for_namespace(client)

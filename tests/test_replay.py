@@ -45,6 +45,16 @@ def load(path: Path) -> WorkflowHistory:
 def test_histories_are_committed() -> None:
     labels = {p.stem.split("__")[0] for p in committed()}
     assert "opportunity_review_full" in labels, labels
+    # recorded by tests/test_invitations.py and tests/test_resellers.py (`check_replay`)
+    assert {
+        "invitation_accepted",
+        "invitation_expired",
+        "customer_invitation_registered",
+        "dissociation_accepted",
+        "reseller_application_approved",
+    } <= labels, labels
+    # recorded by tests/test_incentives.py (test_r_inc_full_history_replays)
+    assert "incentive_application_full" in labels, labels
 
 
 @pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])
