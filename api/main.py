@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from api.errors import envelope, install_error_handlers
 from api.middleware import BodyTooLarge, GuardMiddleware
-from api.routes import admin, health, opportunities, tasks
+from api.routes import admin, certifications, health, opportunities, tasks
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
 from worker import connect
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit
     )
-    for module in (health, admin, opportunities, tasks):
+    for module in (health, admin, opportunities, certifications, tasks):
         app.include_router(module.router)
     return app
 

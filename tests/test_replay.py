@@ -45,6 +45,9 @@ def load(path: Path) -> WorkflowHistory:
 def test_histories_are_committed() -> None:
     labels = {p.stem.split("__")[0] for p in committed()}
     assert "opportunity_review_full" in labels, labels
+    # recorded by tests/test_certification.py (test_full_certification_history_replays): the
+    # run that continues-as-new at a recertification, and the run it hands over to
+    assert {"certification_cycle", "certification_next"} <= labels, labels
 
 
 @pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])
