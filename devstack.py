@@ -199,6 +199,7 @@ DEMO_USERS: dict[str, DemoUser] = {
     "DISPATCHER_TOKEN": DemoUser("dispatcher-wu", ("dispatcher",)),
     "OPS_TOKEN": DemoUser("ops-admin", ("ops_admin",)),
     "CERT_REVIEWER_TOKEN": DemoUser("cert-expert-he", ("cert_reviewer",)),
+    "CERT_OPS_TOKEN": DemoUser("cert-ops-wu", ("cert_ops",)),
     "INCENTIVE_REVIEWER_TOKEN": DemoUser("incentive-reviewer-ma", ("incentive_reviewer",)),
     "FINANCE_TOKEN": DemoUser("finance-gao", ("finance",)),
     "FINANCE_LEAD_TOKEN": DemoUser("finance-lead-lin", ("finance_lead",)),

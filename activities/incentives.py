@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from domain.incentives import PaymentEligibility, PaymentEligibilityQuery
-from store.incentives import certified
+from store.certifications import certified
 from store.models import Partner
 
 

@@ -14,6 +14,7 @@ from api.errors import envelope, install_error_handlers
 from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
 from api.routes import (
     admin,
+    certifications,
     customers,
     health,
     incentives,
@@ -80,6 +81,7 @@ def create_app(
         health,
         admin,
         opportunities,
+        certifications,
         tasks,
         invitations,
         customers,

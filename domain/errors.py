@@ -88,6 +88,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.NOT_A_RESELLER": 403,
     "PF.DISTRIBUTOR_NOT_FOUND": 422,
     "PF.APPLICATION_EXISTS": 409,
+    # certifications
+    "PF.CERTIFICATION_EXISTS": 409,
+    "PF.KIND_NOT_ELIGIBLE": 403,
+    "PF.IMPROVEMENT_NOTE_REQUIRED": 422,
+    # a valid request the certificate's dates refuse for now: 409 like WRONG_STATE, not 422
+    "PF.RECERT_WINDOW_NOT_OPEN": 409,
+    "PF.DEFENSE_PERIOD_OVER": 409,
+    "PF.DEFENSE_ALREADY_USED": 409,
 }
 
 

@@ -55,6 +55,10 @@ class Policy(BaseModel):
     po_review_sla: IsoDuration = "P5D"
     cert_validity: IsoDuration = "P12M"
     recert_window: IsoDuration = "P60D"
+    # R-CERT-8 (our choice): reminders this long before a certificate expires.
+    cert_reminders: list[IsoDuration] = Field(default=["P30D", "P7D"], max_length=10)
+    # R-CERT-3 (our choice): how long after a failed review the partner may request a defense.
+    cert_defense_period: IsoDuration = "P30D"
     payout_sla: IsoDuration = "P15D"
     invite_ttl: IsoDuration = "P7D"
     customer_link_ttl: IsoDuration = "P30D"  # R-INV-6 (our choice)

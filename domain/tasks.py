@@ -91,6 +91,18 @@ class Command(BaseModel):
     not_after: datetime | None = None
 
 
+class CarriedProcess(BaseModel):
+    """What a process hands to its next run when it continues-as-new. The read model refuses a
+    version it has already seen, and task ids (`<workflow id>.<n>`) must stay unique under the
+    same workflow id, so both counters go across; so do the tasks still open."""
+
+    version: int
+    task_seq: int
+    created_at: datetime
+    updated_at: datetime
+    open_tasks: list[HumanTask] = Field(default_factory=list)
+
+
 class CompleteTask(Command):
     """Body of the `complete_task` Update every process workflow accepts."""
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from domain.certification import CertificationView
 from domain.incentives import (
     CertificationFacts,
     IncentiveCreate,
@@ -27,6 +28,7 @@ from domain.incentives import (
     SourceFacts,
     business_key,
 )
+from store.certifications import certified
 from store.claims import claim
 from store.db import as_utc
 from store.models import Claim, Partner, ProcessRow
@@ -37,42 +39,6 @@ MONTH_SCOPE = "inc-month"
 CLOUD_SOFTWARE_KINDS = ("cloud_software", "advanced_cloud_software")
 
 HolderIsLive = Callable[[str, str, str], Awaitable[bool]]  # (scope, key, holder) -> live?
-
-
-# Until store/certifications.py lands: the same interface, over the certification read model.
-_VALID_STATUSES = ("passed", "window_open", "recertifying")
-
-
-async def certified(
-    session: AsyncSession,
-    *,
-    partner_id: str,
-    subject: str | None = None,
-    kind: str | None = None,
-    level: int | None = None,
-    at: datetime,
-) -> bool:
-    rows = (
-        await session.exec(
-            select(ProcessRow).where(
-                ProcessRow.process == "certification",
-                ProcessRow.partner_id == partner_id,
-                col(ProcessRow.status).in_(_VALID_STATUSES),
-            )
-        )
-    ).all()
-    for row in rows:
-        view = row.view
-        if kind is not None and view.get("kind") != kind:
-            continue
-        if subject is not None and view.get("subject") != subject:
-            continue
-        if level is not None and view.get("level") != level:
-            continue
-        until = _moment(view.get("valid_until"))
-        if until is not None and until > at:
-            return True
-    return False
 
 
 # --- facts ---------------------------------------------------------------------------------------
@@ -119,13 +85,9 @@ async def _certification_facts(
     level = view.get("level")
     subject = view.get("subject")
     kind = view.get("kind")
-    now_certified = row.partner_id is not None and await certified(
-        session,
-        partner_id=row.partner_id,
-        subject=subject,
-        kind=kind,
-        level=level,
-        at=at,
+    # this certificate itself, over every validity period it has had (R-CERT-5, R-CERT-7)
+    now_certified = CertificationView.model_validate(view).certified_at(
+        at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     )
     return CertificationFacts(
         partner_id=row.partner_id,

@@ -19,6 +19,14 @@ from sqlmodel import col, select
 from temporalio.client import WorkflowHistory
 
 from api.routes.incentives import submission_time
+from domain.certification import (
+    Attempt,
+    CertificationKind,
+    CertificationStatus,
+    CertificationView,
+    Period,
+    certification_match_key,
+)
 from domain.incentive_caps import CapFacts, IncentiveCaps, cap_for
 from domain.policy import Policy
 from domain.projection import ProcessRecord, Transition
@@ -108,19 +116,28 @@ async def insert_certification(
     version: int = 1,
     cert_id: str | None = None,
 ) -> str:
-    """A certification as the certification process records it in the read model."""
+    """A certification as the certification process records it in the read model (the same
+    CertificationView the Certification workflow writes); `expired` ends its validity now."""
     passed = passed_at or datetime.now(UTC)
     cert_id = cert_id or f"cert-{uuid.uuid4().hex[:12]}"
-    view = {
-        "id": cert_id,
-        "partner_id": partner_id,
-        "status": status,
-        "kind": kind,
-        "subject": subject,
-        "level": level,
-        "passed_at": passed.isoformat(),
-        "valid_until": (passed + valid_for).isoformat(),
-    }
+    until = passed + valid_for if status != "expired" else datetime.now(UTC) - timedelta(seconds=1)
+    view = CertificationView(
+        id=cert_id,
+        partner_id=partner_id,
+        kind=CertificationKind(kind),
+        subject=subject,
+        level=level,
+        status=CertificationStatus(status),
+        passed_at=passed,
+        valid_until=until,
+        attempt=Attempt(
+            number=1, kind="certification", submitted_by="u-test", submitted_at=passed, evidence=[]
+        ),
+        periods=[Period(passed_at=passed, valid_until=until)],
+        submitted_by="u-test",
+        created_at=passed,
+        updated_at=passed,
+    ).model_dump(mode="json")
     async with transaction(stack.sessions) as session:
         await apply_transition(
             session,
@@ -130,6 +147,7 @@ async def insert_certification(
                     process="certification",
                     partner_id=partner_id,
                     status=status,
+                    match_key=certification_match_key(partner_id, subject),
                     version=version,
                     created_at=passed,
                     updated_at=passed,

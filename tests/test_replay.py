@@ -55,6 +55,9 @@ def test_histories_are_committed() -> None:
     } <= labels, labels
     # recorded by tests/test_incentives.py (test_r_inc_full_history_replays)
     assert "incentive_application_full" in labels, labels
+    # recorded by tests/test_certification.py (test_full_certification_history_replays): the
+    # run that continues-as-new at a recertification, and the run it hands over to
+    assert {"certification_cycle", "certification_next"} <= labels, labels
 
 
 @pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])

@@ -1,5 +1,6 @@
 """Deterministic orchestration only: a module per process, plus the shared human-task primitive."""
 
+from workflows.certification import Certification
 from workflows.customer_invitation import CustomerInvitation
 from workflows.dissociation import Dissociation
 from workflows.incentive import IncentiveApplication
@@ -9,6 +10,7 @@ from workflows.reseller import ResellerApplication
 
 ALL_WORKFLOWS: list[type] = [
     OpportunityReview,
+    Certification,
     AssociationInvitation,
     CustomerInvitation,
     Dissociation,

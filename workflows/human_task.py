@@ -8,7 +8,9 @@ A process workflow subclasses `ProcessWorkflow`. It gets:
 - a single writer: Update handlers queue commands and wait; the main loop (`next_command`)
   applies them one at a time and `commit`s each transition to the read model, audit trail and
   outbox in one activity before the caller hears the result;
-- search attributes and `current_details` kept in step with every commit, for ops.
+- search attributes and `current_details` kept in step with every commit, for ops;
+- `continue_as_new`, for long-lived processes: it drains queued commands, waits for running
+  handlers and carries `version`, `task_seq` and the open tasks into the next run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -33,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord, Transition
     from domain.search_attributes import ASSIGNEE, DUE_AT, STAGE
     from domain.tasks import (
+        CarriedProcess,
         CompleteTask,
         HumanTask,
         ReassignTask,
@@ -104,6 +107,14 @@ class ProcessWorkflow:
 
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         """Process-specific refusals for a completion, pure (no I/O): raise to refuse."""
+
+    def visibility_due(self) -> datetime | None:
+        """What `DueAt` shows ops: by default the earliest due time of an open task. A process
+        with its own moments (a scheduled defense, an expiry) adds them."""
+        return min(
+            (t.due_at for t in self.tasks.values() if t.status is TaskStatus.open and t.due_at),
+            default=None,
+        )
 
     # --- Updates and queries every process has ---------------------------------------------
 
@@ -378,7 +389,7 @@ class ProcessWorkflow:
 
     def _publish_visibility(self) -> None:
         open_tasks = [t for t in self.tasks.values() if t.status is TaskStatus.open]
-        due = min((t.due_at for t in open_tasks if t.due_at), default=None)
+        due = self.visibility_due()
         updates: list[SearchAttributeUpdate[Any]] = [
             STAGE.value_set(str(self.record(workflow.now()).status))
         ]
@@ -394,12 +405,7 @@ class ProcessWorkflow:
             pending = await self.next_command(is_final)
             if pending is None:
                 break
-            try:
-                await self.handle(pending)
-            except ApplicationError as exc:
-                self.reject(pending, exc)
-            if not pending.done:  # a handler that forgot to answer must not hang its caller
-                self.resolve(pending)
+            await self._serve_one(pending)
         # Commands that raced the final transition are refused, never silently dropped.
         while self.queue:
             self.reject(
@@ -410,6 +416,46 @@ class ProcessWorkflow:
                     non_retryable=True,
                 ),
             )
+
+    async def _serve_one(self, pending: Pending) -> None:
+        try:
+            await self.handle(pending)
+        except ApplicationError as exc:
+            self.reject(pending, exc)
+        if not pending.done:  # a handler that forgot to answer must not hang its caller
+            self.resolve(pending)
+
+    # --- continue-as-new -------------------------------------------------------------------
+
+    def carry(self) -> CarriedProcess:
+        """The primitive's part of what the next run needs; a process adds its own state."""
+        return CarriedProcess(
+            version=self.version,
+            task_seq=self.task_seq,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            open_tasks=[t for t in self.tasks.values() if t.status is TaskStatus.open],
+        )
+
+    def restore(self, carried: CarriedProcess) -> None:
+        """Start a run where the previous one stopped (everything it had is already recorded)."""
+        self.version = self.recorded = carried.version
+        self.task_seq = carried.task_seq
+        self.created_at, self.updated_at = carried.created_at, carried.updated_at
+        self.tasks = {t.id: t for t in carried.open_tasks}
+
+    async def continue_as_new(self, next_input: Callable[[], BaseModel]) -> NoReturn:
+        """Hand over to a new run. Commands already accepted are applied here first (their
+        callers are waiting on this run), then in-flight handlers finish; `next_input` is
+        built last, so it carries everything they changed."""
+        while True:
+            await workflow.wait_condition(
+                lambda: bool(self.queue) or workflow.all_handlers_finished()
+            )
+            if not self.queue:
+                break
+            await self._serve_one(self.queue.popleft())
+        workflow.continue_as_new(next_input())
 
     async def finish(self) -> dict[str, Any]:
         """Let in-flight Update handlers return before the run completes."""

@@ -1,0 +1,614 @@
+"""Capability and solution certification: expert review, defense, validity, recertification,
+reminders and expiry. Rules R-CERT-1 … R-CERT-9.
+
+One workflow per certified subject (`cert-<partner>-<subject>`) for as long as the partner holds
+or seeks it. Every accepted recertification (a new attempt) continues-as-new, carrying the
+certificate's state, `version`, `task_seq` and the open review task, so each run's history is
+one cycle however many years the certificate lives.
+
+Defense (R-CERT-3, our choice): one per attempt, requested by the partner with a reason
+- while the expert's review is pending: the review task is cancelled and opened again, for the
+  experts to decide afresh, once the defense is held;
+- or within `policy.cert_defense_period` (P30D) after a failed review.
+Certification operations (`cert_ops`) complete the `cert.defense` task: `schedule`
+(data.scheduled_at; the task stays open, status `defense_scheduled`), then `held`.
+
+After a failed first certification the partner starts a new attempt with `recertify`. A failed
+recertification leaves the certificate as it was: valid until `valid_until`, then expired.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from domain.certification import (
+        CERT_DEFENSE,
+        CERT_REVIEW,
+        CERT_TASK_KINDS,
+        SUBJECT_PATTERN,
+        Attempt,
+        CertificationCarried,
+        CertificationInput,
+        CertificationStatus,
+        CertificationView,
+        Defense,
+        DefenseHeld,
+        DefenseSchedule,
+        Notice,
+        Period,
+        Recertify,
+        RequestDefense,
+        ReviewDecision,
+        ReviewResult,
+        certification_id,
+        certification_match_key,
+        defense_until,
+        plan_cycle,
+        recertification_window_opens,
+    )
+    from domain.errors import refuse
+    from domain.principal import PARTNER_ROLES, Principal, Role
+    from domain.projection import AuditEntry, Notification, ProcessRecord
+    from domain.tasks import CompleteTask, HumanTask, ReassignTask, TaskStatus, check_fresh
+    from workflows.human_task import Pending, ProcessWorkflow
+
+S = CertificationStatus
+NOTICE_ACTIONS = {
+    "window_opens": "recertification_window_opened",
+    "reminder": "expiry_reminder_sent",
+    "expiry": "expired",
+}
+
+
+@workflow.defn(name="Certification")
+class Certification(ProcessWorkflow):
+    process = "certification"
+    task_kinds = CERT_TASK_KINDS
+
+    @workflow.init
+    def __init__(self, inp: CertificationInput) -> None:
+        super().__init__()
+        self.inp = inp
+        self.cert = inp.certification
+        self.policy = inp.policy
+        self.next_attempt_started = False
+        carried = inp.carried
+        if carried is None:
+            self.submitted_by = inp.submitted_by
+            self.attempt = Attempt(
+                number=1,
+                kind="certification",
+                submitted_by=inp.submitted_by,
+                submitted_at=self.created_at,
+                evidence=self.cert.evidence,
+            )
+            self.result: ReviewResult | None = None
+            self.periods: list[Period] = []
+            self.notices: list[Notice] = []
+        else:
+            self.restore(carried)
+            self.submitted_by = carried.submitted_by
+            self.attempt = carried.attempt
+            self.result = carried.result
+            self.periods = carried.periods
+            self.notices = carried.notices
+
+    @workflow.run
+    async def run(self, inp: CertificationInput) -> dict[str, Any]:
+        if inp.carried is None:
+            self._check_identity()
+            await self._open_review(
+                [
+                    AuditEntry(
+                        actor=inp.submitted_by,
+                        action="submitted",
+                        details=self.cert.model_dump(mode="json"),
+                    )
+                ]
+            )
+        else:
+            self._publish_visibility()  # current details belong to a run
+        # Not serve_until: commands that race the new attempt are applied before the hand-over
+        # (continue_as_new drains them), not refused as if the process had closed.
+        while not self.next_attempt_started:
+            pending = await self.next_command()
+            assert pending is not None  # only a given `is_final` ends the wait with None
+            await self._serve_one(pending)
+        await self.continue_as_new(self._next_input)
+
+    # --- Updates the partner sends ----------------------------------------------------------
+
+    @workflow.update
+    async def request_defense(self, cmd: RequestDefense) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @request_defense.validator
+    def _validate_request_defense(self, cmd: RequestDefense) -> None:
+        check_fresh(cmd, workflow.now())
+        self._check_owner(cmd.actor)
+        self._check_defense()
+
+    @workflow.update
+    async def recertify(self, cmd: Recertify) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @recertify.validator
+    def _validate_recertify(self, cmd: Recertify) -> None:
+        check_fresh(cmd, workflow.now())
+        self._check_owner(cmd.actor)
+        self._check_recertify()
+
+    # --- the main loop's command handling ---------------------------------------------------
+
+    async def handle(self, pending: Pending) -> None:
+        cmd = pending.command
+        if isinstance(cmd, ReassignTask):
+            await self.handle_reassign(pending, cmd)
+            return
+        if isinstance(cmd, CompleteTask):
+            await self._complete(cmd)
+        elif isinstance(cmd, RequestDefense):
+            await self._request_defense(cmd)
+        elif isinstance(cmd, Recertify):
+            await self._recertify(cmd)
+        else:  # pragma: no cover - only the Updates above enqueue
+            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
+        self.resolve(pending)
+
+    async def _complete(self, cmd: CompleteTask) -> None:
+        task, data = self.check_complete(cmd)
+        if isinstance(data, ReviewDecision):
+            await self._decide(task, cmd, data)
+        elif isinstance(data, DefenseSchedule):
+            await self._schedule_defense(task, cmd, data)
+        elif isinstance(data, DefenseHeld):
+            await self._defense_held(task, cmd, data)
+
+    async def _decide(self, task: HumanTask, cmd: CompleteTask, data: ReviewDecision) -> None:
+        now = workflow.now()
+        self.finish_task(task, cmd)
+        self.result = ReviewResult(
+            attempt=self.attempt.number,
+            outcome="pass" if data.passed else "fail",
+            decided_by=cmd.actor.sub,
+            decided_at=now,
+            comment=cmd.comment,
+            items=data.items,
+        )
+        if data.passed:
+            # R-CERT-5 / R-CERT-6: validity runs from this pass, a recertification's included.
+            period, self.notices = plan_cycle(now, self.policy)
+            self.periods.append(period)
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action=f"review_{self.result.outcome}",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={
+                        "attempt": self.attempt.number,
+                        "items": [i.model_dump(mode="json") for i in data.items],
+                        "valid_until": self.periods[-1].valid_until.isoformat()
+                        if data.passed
+                        else None,
+                    },
+                )
+            ],
+            notifications=[self._result_notice(self.result)],  # R-CERT-4
+        )
+
+    async def _request_defense(self, cmd: RequestDefense) -> None:
+        self._check_owner(cmd.actor)
+        self._check_defense()
+        audit: list[AuditEntry] = []
+        review = self.open_task_of(CERT_REVIEW)
+        if review is not None:
+            review.status = TaskStatus.cancelled
+            audit.append(AuditEntry(actor="system", action="review_suspended", task_id=review.id))
+        self.attempt.defense = Defense(
+            requested_by=cmd.actor.sub, requested_at=workflow.now(), reason=cmd.reason
+        )
+        task = self.open_task(
+            CERT_DEFENSE,
+            candidate_role=Role.cert_ops,
+            partner_id=self.inp.partner_id,
+            submitted_by=self.attempt.submitted_by,
+        )
+        audit.insert(
+            0,
+            AuditEntry(
+                actor=cmd.actor.sub,
+                action="defense_requested",
+                task_id=task.id,
+                comment=cmd.reason,
+                details={"attempt": self.attempt.number},
+            ),
+        )
+        await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+
+    async def _schedule_defense(
+        self, task: HumanTask, cmd: CompleteTask, data: DefenseSchedule
+    ) -> None:
+        defense = self.attempt.defense
+        assert defense is not None
+        defense.scheduled_at, defense.meeting = data.scheduled_at, data.meeting
+        task.data = cmd.data  # the task stays open until the defense is held
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="defense_scheduled",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={
+                        "scheduled_at": data.scheduled_at.isoformat(),
+                        "meeting": data.meeting,
+                    },
+                )
+            ],
+            notifications=[
+                self._partner_notice(
+                    f"defense scheduled for {data.scheduled_at:%Y-%m-%d %H:%M} UTC",
+                    f"Your online defense is scheduled for {data.scheduled_at:%Y-%m-%d %H:%M} UTC."
+                    + (f"\nWhere: {data.meeting}" if data.meeting else ""),
+                )
+            ],
+        )
+
+    async def _defense_held(self, task: HumanTask, cmd: CompleteTask, data: DefenseHeld) -> None:
+        defense = self.attempt.defense
+        assert defense is not None
+        self.finish_task(task, cmd)
+        defense.held_at = data.held_at or workflow.now()
+        defense.held_by, defense.minutes = cmd.actor.sub, cmd.comment
+        # R-CERT-3: then the experts decide, on the evidence and what the defense showed.
+        await self._open_review(
+            [
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="defense_held",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={"held_at": defense.held_at.isoformat()},
+                )
+            ]
+        )
+
+    async def _recertify(self, cmd: Recertify) -> None:
+        self._check_owner(cmd.actor)
+        self._check_recertify()
+        self.attempt = Attempt(
+            number=self.attempt.number + 1,
+            kind="recertification" if self.periods else "certification",
+            submitted_by=cmd.actor.sub,
+            submitted_at=workflow.now(),
+            evidence=cmd.evidence,
+            comment=cmd.comment,
+        )
+        await self._open_review(
+            [
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action=f"{self.attempt.kind}_requested",
+                    comment=cmd.comment,
+                    details={
+                        "attempt": self.attempt.number,
+                        "evidence": [e.model_dump(mode="json") for e in cmd.evidence],
+                    },
+                )
+            ]
+        )
+        self.next_attempt_started = True  # a new cycle: the main loop continues-as-new
+
+    # --- the certificate's calendar (R-CERT-6/7/8) ------------------------------------------
+
+    def process_deadline(self) -> datetime | None:
+        return min((n.at for n in self.notices if n.state == "scheduled"), default=None)
+
+    async def on_process_deadline(self) -> None:
+        now = workflow.now()
+        period = self.periods[-1]
+        busy = self.open_task_of() is not None
+        audit: list[AuditEntry] = []
+        notes: list[Notification] = []
+        for notice in self.notices:
+            if notice.state != "scheduled" or notice.at > now:
+                continue
+            details = {"at": notice.at.isoformat(), "valid_until": period.valid_until.isoformat()}
+            if notice.kind == "reminder" and (busy or now >= period.valid_until):
+                # the partner is already recertifying, or the reminder comes too late to help
+                notice.state = "skipped"
+                audit.append(AuditEntry(actor="system", action="reminder_skipped", details=details))
+                continue
+            notice.state = "sent"
+            audit.append(
+                AuditEntry(actor="system", action=NOTICE_ACTIONS[notice.kind], details=details)
+            )
+            notes.append(self._calendar_notice(notice.kind, period, recertifying=busy))
+        await self.commit(audit=audit, notifications=notes)
+
+    # --- checks, shared by validators (before history) and the main loop -------------------
+
+    def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        now = workflow.now()
+        if isinstance(data, ReviewDecision) and data.failed_without_note:
+            refuse(
+                "PF.IMPROVEMENT_NOTE_REQUIRED",
+                "every failed item needs an improvement note (R-CERT-2)",
+                item_ids=data.failed_without_note,
+            )
+        if isinstance(data, DefenseSchedule) and data.scheduled_at <= now:
+            refuse("PF.INVALID_DATA", "a defense is scheduled in the future")
+        if isinstance(data, DefenseHeld) and data.held_at is not None and data.held_at > now:
+            refuse("PF.INVALID_DATA", "held_at is in the future")
+
+    def _check_identity(self) -> None:
+        subject = self.cert.subject
+        if not re.fullmatch(SUBJECT_PATTERN, subject) or self.process_id != certification_id(
+            self.inp.partner_id, subject
+        ):
+            refuse(
+                "PF.BAD_REQUEST",
+                f"workflow id {self.process_id} is not cert-<partner>-<subject slug>",
+            )
+
+    def _check_owner(self, actor: Principal) -> None:
+        if actor.partner_id != self.inp.partner_id or not actor.has(*PARTNER_ROLES):
+            refuse("PF.NOT_OWNER", "only the partner holding this certification may do this")
+
+    def _check_defense(self) -> None:
+        if self.attempt.defense is not None:
+            refuse(
+                "PF.DEFENSE_ALREADY_USED",
+                "a defense was already requested for this attempt (one per attempt)",
+                requested_at=self.attempt.defense.requested_at.isoformat(),
+            )
+        if self.open_task_of(CERT_REVIEW) is not None:
+            return  # disputing a pending review
+        until = self._defense_until()
+        if until is None:
+            refuse(
+                "PF.WRONG_STATE",
+                "a defense disputes a pending review or a failed one",
+                status=self._status(workflow.now()).value,
+            )
+        if workflow.now() >= until:
+            refuse(
+                "PF.DEFENSE_PERIOD_OVER",
+                f"a defense could be requested until {until:%Y-%m-%d %H:%M} UTC",
+                defense_until=until.isoformat(),
+            )
+
+    def _check_recertify(self) -> None:
+        now = workflow.now()
+        if self.open_task_of() is not None:
+            refuse(
+                "PF.WRONG_STATE",
+                "a review or defense of this certification is in progress",
+                status=self._status(now).value,
+            )
+        if not self.periods:
+            return  # a new attempt after a failed first certification
+        opens = self._window_opens_at()
+        assert opens is not None
+        if now < opens:
+            # R-CERT-9
+            refuse(
+                "PF.RECERT_WINDOW_NOT_OPEN",
+                f"recertification opens on {opens:%Y-%m-%d %H:%M} UTC, "
+                f"{self.policy.recert_window} before the certificate expires",
+                window_opens_at=opens.isoformat(),
+                valid_until=self.periods[-1].valid_until.isoformat(),
+            )
+
+    # --- state and views ---------------------------------------------------------------------
+
+    def _window_opens_at(self) -> datetime | None:
+        if not self.periods:
+            return None
+        return recertification_window_opens(self.periods[-1].valid_until, self.policy.recert_window)
+
+    def _defense_until(self) -> datetime | None:
+        """Until when a failure of the current attempt may still be disputed, if it may."""
+        r = self.result
+        if r is None or r.outcome != "fail" or r.attempt != self.attempt.number:
+            return None
+        return defense_until(r.decided_at, self.policy.cert_defense_period)
+
+    def _status(self, now: datetime) -> CertificationStatus:
+        if self.open_task_of(CERT_DEFENSE) is not None:
+            scheduled = self.attempt.defense and self.attempt.defense.scheduled_at
+            return S.defense_scheduled if scheduled else S.defense_requested
+        if self.open_task_of(CERT_REVIEW) is not None:
+            return S.recertifying if self.attempt.kind == "recertification" else S.in_review
+        if not self.periods:
+            return S.failed if self.result is not None else S.submitted
+        opens = self._window_opens_at()
+        assert opens is not None
+        if now >= self.periods[-1].valid_until:
+            return S.expired
+        return S.window_open if now >= opens else S.passed
+
+    def visibility_due(self) -> datetime | None:
+        """DueAt: the next moment anything happens: a task's due time, the scheduled defense, or
+        the certificate's next date (window opening, reminder, expiry)."""
+        moments = [super().visibility_due(), self.process_deadline()]
+        defense = self.attempt.defense
+        if self.open_task_of(CERT_DEFENSE) is not None and defense is not None:
+            moments.append(defense.scheduled_at)
+        return min((m for m in moments if m is not None), default=None)
+
+    def view(self) -> dict[str, Any]:
+        open_task = self.open_task_of()
+        latest = self.periods[-1] if self.periods else None
+        until = self._defense_until()
+        return CertificationView(
+            id=self.process_id,
+            partner_id=self.inp.partner_id,
+            kind=self.cert.kind,
+            subject=self.cert.subject,
+            level=self.cert.level,
+            # as of the last transition: every date that changes the status is one
+            status=self._status(self.updated_at),
+            passed_at=latest.passed_at if latest else None,
+            valid_until=latest.valid_until if latest else None,
+            window_opens_at=self._window_opens_at(),
+            items=self.result.items if self.result else [],
+            result=self.result,
+            attempt=self.attempt,
+            defense_until=until if until and self.attempt.defense is None else None,
+            periods=self.periods,
+            notices=self.notices,
+            open_task_id=open_task.id if open_task else None,
+            submitted_by=self.submitted_by,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        ).model_dump(mode="json")
+
+    def record(self, now: datetime) -> ProcessRecord:
+        return ProcessRecord(
+            id=self.process_id,
+            process=self.process,
+            partner_id=self.inp.partner_id,
+            status=self._status(self.updated_at).value,
+            submitted_by=self.submitted_by,
+            match_key=certification_match_key(self.inp.partner_id, self.cert.subject),
+            version=self.version,
+            created_at=self.created_at,
+            updated_at=now,
+            view=self.view(),
+        )
+
+    def describe(self) -> str:
+        now = workflow.now()
+        status = self._status(now)
+        task = self.open_task_of()
+        label = self._label()
+        if task is not None and task.kind == CERT_REVIEW.name:
+            return f"{label}: waiting for a certification expert to review (task {task.id})"
+        if task is not None:
+            defense = self.attempt.defense
+            if defense is not None and defense.scheduled_at is not None:
+                return (
+                    f"{label}: defense scheduled for {defense.scheduled_at:%Y-%m-%d %H:%M} UTC; "
+                    f"waiting for certification operations to record it held (task {task.id})"
+                )
+            return (
+                f"{label}: defense requested; waiting for certification operations to "
+                f"schedule it (task {task.id})"
+            )
+        if status is S.failed:
+            until = self._defense_until()
+            if until is not None and self.attempt.defense is None and now < until:
+                return (
+                    f"{label}: failed; the partner may request a defense until "
+                    f"{until:%Y-%m-%d %H:%M} UTC or submit a new attempt"
+                )
+            return f"{label}: failed; waiting for the partner to submit a new attempt"
+        period = self.periods[-1]
+        if status is S.expired:
+            return f"{label}: expired {period.valid_until:%Y-%m-%d}; waiting for a recertification"
+        opens = self._window_opens_at()
+        assert opens is not None
+        if status is S.window_open:
+            return (
+                f"{label}: recertification window open; expires "
+                f"{period.valid_until:%Y-%m-%d %H:%M} UTC unless recertified"
+            )
+        return (
+            f"{label}: passed, valid until {period.valid_until:%Y-%m-%d %H:%M} UTC; "
+            f"recertification opens {opens:%Y-%m-%d %H:%M} UTC"
+        )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _open_review(self, audit: list[AuditEntry]) -> None:
+        task = self.open_task(
+            CERT_REVIEW,
+            candidate_role=Role.cert_reviewer,
+            partner_id=self.inp.partner_id,
+            submitted_by=self.attempt.submitted_by,
+        )
+        await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+
+    def _next_input(self) -> CertificationInput:
+        return CertificationInput(
+            partner_id=self.inp.partner_id,
+            submitted_by=self.inp.submitted_by,
+            certification=self.cert,
+            policy=self.policy,
+            carried=CertificationCarried(
+                **dict(self.carry()),
+                submitted_by=self.submitted_by,
+                attempt=self.attempt,
+                result=self.result,
+                periods=self.periods,
+                notices=self.notices,
+            ),
+        )
+
+    def _label(self) -> str:
+        level = f" level {self.cert.level}" if self.cert.level else ""
+        return f"{self.cert.kind.value.replace('_', ' ')}{level} '{self.cert.subject}'"
+
+    def _partner_notice(self, subject: str, body: str) -> Notification:
+        return Notification(
+            recipient=self.attempt.submitted_by,
+            subject=f"[partnerflow] certification {self.cert.subject}: {subject}",
+            body=f"Certification {self.process_id} ({self._label()}) of partner "
+            f"{self.inp.partner_id}.\n{body}",
+        )
+
+    def _result_notice(self, result: ReviewResult) -> Notification:
+        """R-CERT-4: the result with every item's outcome and improvement note."""
+        lines = [f"Result: {'passed' if result.outcome == 'pass' else 'failed'}."]
+        if result.outcome == "pass":
+            period = self.periods[-1]
+            opens = self._window_opens_at()
+            lines.append(
+                f"Valid until {period.valid_until:%Y-%m-%d %H:%M} UTC; "
+                f"recertification opens {opens:%Y-%m-%d %H:%M} UTC."
+            )
+        lines.append("Assessment:")
+        for item in result.items:
+            kind = "mandatory" if item.mandatory else "optional"
+            verdict = "pass" if item.passed else "fail"
+            note = f" - improvement note: {item.note}" if item.note else ""
+            lines.append(f"- {item.item_id} ({kind}): {verdict}{note}")
+        if result.comment:
+            lines.append(f"Expert's comment: {result.comment}")
+        until = self._defense_until()
+        if until is not None and self.attempt.defense is None:
+            lines.append(f"You may request an online defense until {until:%Y-%m-%d %H:%M} UTC.")
+        return self._partner_notice(
+            "passed" if result.outcome == "pass" else "failed", "\n".join(lines)
+        )
+
+    def _calendar_notice(self, kind: str, period: Period, *, recertifying: bool) -> Notification:
+        until = f"{period.valid_until:%Y-%m-%d %H:%M} UTC"
+        if kind == "window_opens":
+            return self._partner_notice(
+                "recertification window open",
+                f"The certificate expires {until}. You may recertify from now on.",
+            )
+        if kind == "reminder":
+            return self._partner_notice(
+                f"expires {period.valid_until:%Y-%m-%d}",
+                f"Reminder: the certificate expires {until} unless recertified.",
+            )
+        then = (
+            "Your recertification is under review." if recertifying else "You may still recertify."
+        )
+        return self._partner_notice(
+            "expired",
+            f"The certificate expired {until}. Incentives that depend on it are no longer "
+            f"eligible (R-CERT-7). {then}",
+        )
