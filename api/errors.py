@@ -147,7 +147,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("store unavailable: %s", type(exc).__name__)
         return envelope(
-            "PF.STORE_UNAVAILABLE", "the database is unavailable; retry later",
+            "PF.STORE_UNAVAILABLE",
+            "the database is unavailable; retry later",
             headers={"Retry-After": "5"},
         )
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
 from temporalio.common import (
     SearchAttributePair,
@@ -21,10 +23,13 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
+from api.auth import may_see_partner_item, require_partner_user
 from api.errors import ApiError, temporal_errors
 from config import Settings
+from domain.principal import Principal
 from domain.search_attributes import PARTNER_ID, PROCESS_KIND, STAGE
 from domain.tasks import Command
+from store.models import ProcessRow
 
 UPDATE_GRACE_SECONDS = 2.0
 
@@ -156,3 +161,63 @@ async def workflow_is_running(client: Client, workflow_id: str) -> bool:
             return False
         raise
     return desc.status is WorkflowExecutionStatus.RUNNING
+
+
+async def load_process(
+    sessions: async_sessionmaker[AsyncSession], *, process: str, item_id: str, noun: str
+) -> ProcessRow:
+    """A process's read-model row (404 if there is none of that process), in a short session
+    of its own: write routes must not hold a pooled connection while they wait on Temporal."""
+    async with sessions() as session:
+        row = await session.get(ProcessRow, item_id)
+    if row is None or row.process != process:
+        raise ApiError("PF.NOT_FOUND", f"no {noun} {item_id}")
+    return row
+
+
+async def load_partner_item(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    process: str,
+    item_id: str,
+    noun: str,
+    principal: Principal,
+) -> ProcessRow:
+    """As `load_process`, and 403 unless the caller may see the partner's item (staff, or a
+    user of that partner)."""
+    row = await load_process(sessions, process=process, item_id=item_id, noun=noun)
+    if not may_see_partner_item(principal, row.partner_id):
+        raise ApiError("PF.FORBIDDEN", f"this {noun} belongs to another partner")
+    return row
+
+
+async def partner_update(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    temporal: Client,
+    process: str,
+    noun: str,
+    item_id: str,
+    principal: Principal,
+    update: str,
+    arg: BaseModel,
+    key: str | None,
+    closed: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """A partner user's Update on its own item: found, visible, not in a `closed` status."""
+    row = await load_partner_item(
+        sessions, process=process, item_id=item_id, noun=noun, principal=principal
+    )
+    require_partner_user(principal)
+    if row.status in closed:
+        raise ApiError("PF.PROCESS_CLOSED", f"{noun} {item_id} is {row.status}")
+    return await send_update(
+        temporal,
+        settings,
+        workflow_id=item_id,
+        update=update,
+        arg=arg,
+        update_id=update_id(update, item_id, key),
+        what=f"{update} of {item_id}",
+    )

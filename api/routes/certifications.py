@@ -13,11 +13,17 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_user
+from api.auth import CurrentUser, require_partner_user
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from api.processes import (
+    load_partner_item,
+    partner_update,
+    process_id,
+    start_process,
+    workflow_is_running,
+)
 from api.routes.opportunities import History, read_history
 from config import Settings
 from domain.certification import (
@@ -46,15 +52,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def load_certification(
     sessions: async_sessionmaker[AsyncSession], cert_id: str, principal: Principal
 ) -> ProcessRow:
-    """The certification's read-model row, if the caller may see it, in a short session of its
-    own (write routes hold no connection while they wait on Temporal)."""
-    async with sessions() as session:
-        row = await session.get(ProcessRow, cert_id)
-    if row is None or row.process != "certification":
-        raise ApiError("PF.NOT_FOUND", f"no certification {cert_id}")
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", "this certification belongs to another partner")
-    return row
+    return await load_partner_item(
+        sessions,
+        process="certification",
+        item_id=cert_id,
+        noun="certification",
+        principal=principal,
+    )
 
 
 @router.post("", status_code=201, response_model=CertificationView, responses=ERRORS)
@@ -156,16 +160,17 @@ async def _partner_update(
     arg: BaseModel,
     key: str | None,
 ) -> dict[str, Any]:
-    await load_certification(sessions, cert_id, principal)
-    require_partner_user(principal)
-    return await send_update(
-        temporal,
-        settings,
-        workflow_id=cert_id,
+    return await partner_update(
+        sessions=sessions,
+        settings=settings,
+        temporal=temporal,
+        process="certification",
+        noun="certification",
+        item_id=cert_id,
+        principal=principal,
         update=update,
         arg=arg,
-        update_id=update_id(update, cert_id, key),
-        what=f"{update} of {cert_id}",
+        key=key,
     )
 
 

@@ -18,11 +18,17 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_user
+from api.auth import CurrentUser, require_partner_user
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from api.processes import (
+    load_partner_item,
+    partner_update,
+    process_id,
+    start_process,
+    workflow_is_running,
+)
 from api.routes.opportunities import History, read_history
 from config import Settings
 from domain.incentives import (
@@ -82,14 +88,9 @@ SubmissionTime = Annotated[datetime, Depends(submission_time)]
 async def load_incentive(
     sessions: async_sessionmaker[AsyncSession], inc_id: str, principal: Principal
 ) -> ProcessRow:
-    """The incentive's read-model row, if the caller may see it (a short session of its own)."""
-    async with sessions() as session:
-        row = await session.get(ProcessRow, inc_id)
-    if row is None or row.process != "incentive":
-        raise ApiError("PF.NOT_FOUND", f"no incentive {inc_id}")
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", "this incentive belongs to another partner")
-    return row
+    return await load_partner_item(
+        sessions, process="incentive", item_id=inc_id, noun="incentive", principal=principal
+    )
 
 
 @router.post("", status_code=201, response_model=IncentiveView, responses=ERRORS)
@@ -301,18 +302,18 @@ async def _partner_update(
     arg: BaseModel,
     key: str | None,
 ) -> dict[str, Any]:
-    row = await load_incentive(sessions, inc_id, principal)
-    require_partner_user(principal)
-    if row.status in {s.value for s in FINAL_STATUSES}:
-        raise ApiError("PF.PROCESS_CLOSED", f"incentive {inc_id} is {row.status}")
-    return await send_update(
-        temporal,
-        settings,
-        workflow_id=inc_id,
+    return await partner_update(
+        sessions=sessions,
+        settings=settings,
+        temporal=temporal,
+        process="incentive",
+        noun="incentive",
+        item_id=inc_id,
+        principal=principal,
         update=update,
         arg=arg,
-        update_id=update_id(update, inc_id, key),
-        what=f"{update} of {inc_id}",
+        key=key,
+        closed=frozenset({s.value for s in FINAL_STATUSES}),
     )
 
 

@@ -21,7 +21,14 @@ from api.auth import CurrentUser, may_see_partner_item, require_partner_admin
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from api.processes import (
+    load_process,
+    process_id,
+    send_update,
+    start_process,
+    update_id,
+    workflow_is_running,
+)
 from api.routes.opportunities import History, read_history
 from domain.invitations import (
     AcceptInvitation,
@@ -85,13 +92,7 @@ async def registered_partner(sessions: Sessions, partner_id: str) -> Partner:
 
 
 async def process_row(sessions: Sessions, process: str, item_id: str, noun: str) -> ProcessRow:
-    """A process's read-model row, in a short session of its own: write routes must not hold a
-    pooled connection while they wait on Temporal (see opportunities.load_opportunity)."""
-    async with sessions() as session:
-        row = await session.get(ProcessRow, item_id)
-    if row is None or row.process != process:
-        raise ApiError("PF.NOT_FOUND", f"no {noun} {item_id}")
-    return row
+    return await load_process(sessions, process=process, item_id=item_id, noun=noun)
 
 
 def now() -> datetime:

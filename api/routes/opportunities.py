@@ -11,11 +11,17 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_user
+from api.auth import CurrentUser, require_partner_user
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, send_update, start_process, update_id, workflow_is_running
+from api.processes import (
+    load_partner_item,
+    partner_update,
+    process_id,
+    start_process,
+    workflow_is_running,
+)
 from config import Settings
 from domain.opportunity import (
     FINAL_STATUSES,
@@ -67,15 +73,9 @@ class History(BaseModel):
 async def load_opportunity(
     sessions: async_sessionmaker[AsyncSession], po_id: str, principal: Principal
 ) -> ProcessRow:
-    """The PO's read-model row, if the caller may see it. A short session of its own: write
-    routes must not hold a pooled connection while they wait on Temporal."""
-    async with sessions() as session:
-        row = await session.get(ProcessRow, po_id)
-    if row is None or row.process != "opportunity":
-        raise ApiError("PF.NOT_FOUND", f"no opportunity {po_id}")
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", "this opportunity belongs to another partner")
-    return row
+    return await load_partner_item(
+        sessions, process="opportunity", item_id=po_id, noun="opportunity", principal=principal
+    )
 
 
 @router.post("", status_code=201, response_model=OpportunityView, responses=ERRORS)
@@ -166,18 +166,18 @@ async def _partner_update(
     arg: BaseModel,
     key: str | None,
 ) -> dict[str, Any]:
-    row = await load_opportunity(sessions, po_id, principal)
-    require_partner_user(principal)
-    if row.status in {s.value for s in FINAL_STATUSES}:
-        raise ApiError("PF.PROCESS_CLOSED", f"opportunity {po_id} is {row.status}")
-    return await send_update(
-        temporal,
-        settings,
-        workflow_id=po_id,
+    return await partner_update(
+        sessions=sessions,
+        settings=settings,
+        temporal=temporal,
+        process="opportunity",
+        noun="opportunity",
+        item_id=po_id,
+        principal=principal,
         update=update,
         arg=arg,
-        update_id=update_id(update, po_id, key),
-        what=f"{update} of {po_id}",
+        key=key,
+        closed=frozenset({s.value for s in FINAL_STATUSES}),
     )
 
 
