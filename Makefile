@@ -37,8 +37,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 
-bench:
-	@echo "not yet: see issue 7"
+# Service against the raw Temporal ceiling in one run (docs/performance.md); larger runs:
+# make bench BENCH_ARGS="--n 1000 --concurrency 32 --open-workflows 20000"
+BENCH_ARGS ?=
+bench: install
+	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 # Caches and the dev stack's data (.data); the virtualenv stays.
 clean:
