@@ -1,19 +1,13 @@
-"""Deterministic orchestration only: a module per process, plus the shared human-task primitive."""
+"""Deterministic orchestration only: a module per process, plus the shared human-task primitive.
 
-from workflows.certification import Certification
-from workflows.customer_invitation import CustomerInvitation
-from workflows.dissociation import Dissociation
-from workflows.incentive import IncentiveApplication
-from workflows.invitation import AssociationInvitation
-from workflows.opportunity import OpportunityReview
-from workflows.reseller import ResellerApplication
+`workflows.ALL_WORKFLOWS` (in `registry.py`) is loaded on first use only: the workflow sandbox
+re-imports this package for every new workflow run, so it must stay cheap to import.
+"""
 
-ALL_WORKFLOWS: list[type] = [
-    OpportunityReview,
-    Certification,
-    AssociationInvitation,
-    CustomerInvitation,
-    Dissociation,
-    ResellerApplication,
-    IncentiveApplication,
-]
+
+def __getattr__(name: str) -> list[type]:
+    if name == "ALL_WORKFLOWS":
+        from workflows.registry import ALL_WORKFLOWS
+
+        return ALL_WORKFLOWS
+    raise AttributeError(f"module 'workflows' has no attribute {name!r}")
