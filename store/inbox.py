@@ -87,23 +87,32 @@ async def list_tasks(
         stmt = stmt.where(TaskRow.assignee == assignee)
     if process_id:
         stmt = stmt.where(TaskRow.process_id == process_id)
-    # newest due first: due_at descending, undated last, then id descending
-    undated = col(TaskRow.due_at).is_(None)
+    # Newest due first: due_at descending, undated last, then id descending. Dated and undated
+    # rows are read by two queries rather than one ORDER BY (due_at IS NULL), ...: that
+    # expression no index can serve, so the one query sorted every visible open task (all PO
+    # reviews for a dispatcher: 69 ms at 100,000 tasks on PostgreSQL), while each of these walks
+    # an index and stops at the page (under 1 ms; docs/performance.md).
+    due, last_id, undated_only = None, None, False
     if cursor:
         due, last_id = decode_cursor(cursor)
-        if due is None:
-            stmt = stmt.where(sa.and_(undated, col(TaskRow.id) < last_id))
-        else:
-            stmt = stmt.where(
+        undated_only = due is None
+    rows: list[TaskRow] = []
+    if not undated_only:
+        dated = stmt.where(col(TaskRow.due_at).is_not(None))
+        if due is not None:
+            dated = dated.where(
                 sa.or_(
                     col(TaskRow.due_at) < due,
                     sa.and_(col(TaskRow.due_at) == due, col(TaskRow.id) < last_id),
-                    undated,
                 )
             )
-    stmt = stmt.order_by(undated, col(TaskRow.due_at).desc(), col(TaskRow.id).desc()).limit(
-        limit + 1
-    )
-    rows = list((await session.exec(stmt)).all())
+        dated = dated.order_by(col(TaskRow.due_at).desc(), col(TaskRow.id).desc())
+        rows = list((await session.exec(dated.limit(limit + 1))).all())
+    if len(rows) <= limit:
+        undated = stmt.where(col(TaskRow.due_at).is_(None))
+        if undated_only:
+            undated = undated.where(col(TaskRow.id) < last_id)
+        undated = undated.order_by(col(TaskRow.id).desc()).limit(limit + 1 - len(rows))
+        rows += list((await session.exec(undated)).all())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
