@@ -12,7 +12,7 @@ Claims (`store.claims`), each held by an application id:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -164,17 +164,6 @@ async def take(
                 .values(created_at=datetime.now(UTC))
             )
     return holder
-
-
-async def claimed_within(
-    sessions: async_sessionmaker[AsyncSession], *, scope: str, key: str, holder: str, grace: float
-) -> bool:
-    async with sessions() as session:
-        row = await session.get(Claim, (scope, key))
-    if row is None or row.owner_id != holder:
-        return False
-    taken = as_utc(row.created_at)
-    return taken is not None and datetime.now(UTC) - taken < timedelta(seconds=grace)
 
 
 async def take_month_slot(

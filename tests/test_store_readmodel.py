@@ -118,3 +118,36 @@ async def test_r_po_4_a_stale_claim_is_taken_over(
     assert (
         await claim(sessions, scope="s", key="k", owner_id="third", holder_is_live=alive) == "new"
     )
+
+
+async def test_r_po_4_a_fresh_claim_counts_as_live_until_its_grace_runs_out(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Between a claim and its workflow's start the holder is invisible; `claimed_within` keeps
+    it from being taken over as stale. A takeover starts a grace of its own."""
+    from datetime import timedelta
+
+    from sqlmodel import update
+
+    from store.claims import claimed_within
+    from store.models import Claim
+
+    async def unknown(_: str) -> bool:
+        return False
+
+    assert await claim(sessions, scope="s", key="k", owner_id="a", holder_is_live=unknown) is None
+    assert await claimed_within(
+        sessions, scope="s", key="k", holder="a", grace=timedelta(seconds=60)
+    )
+    assert not await claimed_within(
+        sessions, scope="s", key="k", holder="b", grace=timedelta(seconds=60)
+    )
+    async with sessions() as session, session.begin():  # the claim is now an hour old
+        await session.exec(update(Claim).values(created_at=datetime.now(UTC) - timedelta(hours=1)))
+    assert not await claimed_within(
+        sessions, scope="s", key="k", holder="a", grace=timedelta(seconds=60)
+    )
+    assert await claim(sessions, scope="s", key="k", owner_id="b", holder_is_live=unknown) is None
+    assert await claimed_within(
+        sessions, scope="s", key="k", holder="b", grace=timedelta(seconds=60)
+    )

@@ -8,7 +8,7 @@ atomic claims (`store.incentives`) that are given back if the start fails.
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -52,12 +52,12 @@ from domain.incentives import (
     source_key,
 )
 from domain.principal import Principal, Role
+from store.claims import claimed_within
 from store.incentives import (
     PERSON_SCOPE,
     SOURCE_SCOPE,
     HolderIsLive,
     application_of,
-    claimed_within,
     incentive_status,
     person_holder,
     person_key,
@@ -253,7 +253,9 @@ def _liveness(
             # and still binds its person to its path (R-INC-3).
             return not (scope == SOURCE_SCOPE and status == IncentiveStatus.rejected.value)
         # Not recorded yet: starting now (the claim is fresh), running, or a failed start.
-        if await claimed_within(sessions, scope=scope, key=key, holder=holder, grace=grace):
+        if await claimed_within(
+            sessions, scope=scope, key=key, holder=holder, grace=timedelta(seconds=grace)
+        ):
             return True
         return await workflow_is_running(temporal, inc_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,7 +36,7 @@ from domain.opportunity import (
     claim_key,
 )
 from domain.principal import Principal
-from store.claims import claim
+from store.claims import claim, claimed_within
 from store.db import as_utc
 from store.models import AuditEvent, Partner, ProcessRow
 from workflows.opportunity import OpportunityReview
@@ -95,14 +96,19 @@ async def submit_opportunity(
     if partner is None:
         raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
     po_id = process_id("po", partner_id, idempotency_key)
+    key = claim_key(partner_id, body)
+    # longer than a start can take: until then an unrecorded holder is starting, not stale
+    grace = timedelta(seconds=2 * settings.update_timeout_seconds + 10)
 
     async def start() -> dict[str, Any]:
         holder = await claim(
             sessions,
             scope="po-open",
-            key=claim_key(partner_id, body),
+            key=key,
             owner_id=po_id,
-            holder_is_live=lambda other: _po_is_live(sessions, temporal, other),
+            holder_is_live=lambda other: _po_is_live(
+                sessions, temporal, other, key=key, grace=grace
+            ),
         )
         if holder is not None:
             raise ApiError(
@@ -140,12 +146,20 @@ async def submit_opportunity(
 
 
 async def _po_is_live(
-    sessions: async_sessionmaker[AsyncSession], temporal: Client, po_id: str
+    sessions: async_sessionmaker[AsyncSession],
+    temporal: Client,
+    po_id: str,
+    *,
+    key: str,
+    grace: timedelta,
 ) -> bool:
     async with sessions() as session:
         row = await session.get(ProcessRow, po_id)
     if row is not None:
         return row.status not in {s.value for s in FINAL_STATUSES}
+    # Not recorded yet: being started right now (a fresh claim), running, or a failed start.
+    if await claimed_within(sessions, scope="po-open", key=key, holder=po_id, grace=grace):
+        return True
     return await workflow_is_running(temporal, po_id)
 
 
