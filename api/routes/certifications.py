@@ -5,10 +5,10 @@ The experts' review and the defense are tasks in the shared inbox (`/v1/tasks`).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
@@ -25,7 +25,6 @@ from api.processes import (
     workflow_is_running,
 )
 from api.routes.opportunities import History, read_history
-from config import Settings
 from domain.certification import (
     ELIGIBLE_PARTNER_KIND,
     CertificationCreate,
@@ -149,29 +148,12 @@ async def get_certification(cert_id: str, principal: CurrentUser, sessions: Sess
     return row.view
 
 
-async def _partner_update(
-    *,
-    cert_id: str,
-    principal: Principal,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    temporal: Client,
-    update: str,
-    arg: BaseModel,
-    key: str | None,
-) -> dict[str, Any]:
-    return await partner_update(
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        process="certification",
-        noun="certification",
-        item_id=cert_id,
-        principal=principal,
-        update=update,
-        arg=arg,
-        key=key,
-    )
+# A partner user's Update on its own certification.
+_partner_update = partial(
+    partner_update,
+    process="certification",
+    noun="certification",
+)
 
 
 @router.post("/{cert_id}/defense", response_model=CertificationView, responses=ERRORS)
@@ -190,7 +172,7 @@ async def request_defense(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            cert_id=cert_id,
+            item_id=cert_id,
             principal=principal,
             sessions=sessions,
             settings=settings,
@@ -228,7 +210,7 @@ async def recertify(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            cert_id=cert_id,
+            item_id=cert_id,
             principal=principal,
             sessions=sessions,
             settings=settings,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
@@ -293,30 +293,13 @@ async def get_incentive(inc_id: str, principal: CurrentUser, sessions: SessionsD
     return row.view
 
 
-async def _partner_update(
-    *,
-    inc_id: str,
-    principal: Principal,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    temporal: Client,
-    update: str,
-    arg: BaseModel,
-    key: str | None,
-) -> dict[str, Any]:
-    return await partner_update(
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        process="incentive",
-        noun="incentive",
-        item_id=inc_id,
-        principal=principal,
-        update=update,
-        arg=arg,
-        key=key,
-        closed=frozenset({s.value for s in FINAL_STATUSES}),
-    )
+# A partner user's Update on its own incentive.
+_partner_update = partial(
+    partner_update,
+    process="incentive",
+    noun="incentive",
+    closed=frozenset(s.value for s in FINAL_STATUSES),
+)
 
 
 @router.post("/{inc_id}/resubmit", response_model=IncentiveView, responses=ERRORS)
@@ -334,7 +317,7 @@ async def resubmit_incentive(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            inc_id=inc_id,
+            item_id=inc_id,
             principal=principal,
             sessions=sessions,
             settings=settings,
@@ -371,7 +354,7 @@ async def request_payment(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            inc_id=inc_id,
+            item_id=inc_id,
             principal=principal,
             sessions=sessions,
             settings=settings,
@@ -408,7 +391,7 @@ async def submit_invoice(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            inc_id=inc_id,
+            item_id=inc_id,
             principal=principal,
             sessions=sessions,
             settings=settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +24,6 @@ from api.processes import (
     start_process,
     workflow_is_running,
 )
-from config import Settings
 from domain.opportunity import (
     FINAL_STATUSES,
     CancelOpportunity,
@@ -169,30 +169,13 @@ async def get_opportunity(po_id: str, principal: CurrentUser, sessions: Sessions
     return row.view
 
 
-async def _partner_update(
-    *,
-    po_id: str,
-    principal: Principal,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    temporal: Client,
-    update: str,
-    arg: BaseModel,
-    key: str | None,
-) -> dict[str, Any]:
-    return await partner_update(
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        process="opportunity",
-        noun="opportunity",
-        item_id=po_id,
-        principal=principal,
-        update=update,
-        arg=arg,
-        key=key,
-        closed=frozenset({s.value for s in FINAL_STATUSES}),
-    )
+# A partner user's Update on its own opportunity.
+_partner_update = partial(
+    partner_update,
+    process="opportunity",
+    noun="opportunity",
+    closed=frozenset(s.value for s in FINAL_STATUSES),
+)
 
 
 @router.post("/{po_id}/cancel", response_model=OpportunityView, responses=ERRORS)
@@ -210,7 +193,7 @@ async def cancel_opportunity(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            po_id=po_id,
+            item_id=po_id,
             principal=principal,
             sessions=sessions,
             settings=settings,
@@ -247,7 +230,7 @@ async def resubmit_opportunity(
 
     async def act() -> dict[str, Any]:
         return await _partner_update(
-            po_id=po_id,
+            item_id=po_id,
             principal=principal,
             sessions=sessions,
             settings=settings,
@@ -283,7 +266,7 @@ async def update_opportunity_progress(
     if not body.model_dump(exclude_none=True):
         raise ApiError("PF.VALIDATION_FAILED", "send at least one field to change")
     return await _partner_update(
-        po_id=po_id,
+        item_id=po_id,
         principal=principal,
         sessions=sessions,
         settings=settings,
