@@ -19,6 +19,7 @@ from api.routes import (
     health,
     incentives,
     invitations,
+    lists,
     opportunities,
     resellers,
     tasks,
@@ -87,6 +88,7 @@ def create_app(
         customers,
         resellers,
         incentives,
+        lists,
     ):
         app.include_router(module.router)
     return app
