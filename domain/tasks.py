@@ -244,7 +244,7 @@ def check_claim(task: HumanTask | None, cmd: ClaimTask) -> bool:
 
 def check_unclaim(task: HumanTask | None, kind: TaskKind, cmd: UnclaimTask) -> None:
     """Refuse (raise) unless `cmd.actor` may give `task` back: its claimer, or a lead who may
-    reassign this kind of task (`kind.reassign_roles`).
+    reassign this kind of task (`kind.reassign_roles`, bar the role the task is offered to).
 
     Codes: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN, PF.TASK_NOT_CLAIMED, PF.NOT_ASSIGNEE.
     """
@@ -254,9 +254,12 @@ def check_unclaim(task: HumanTask | None, kind: TaskKind, cmd: UnclaimTask) -> N
         refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
     if task.claimed_by is None:
         refuse("PF.TASK_NOT_CLAIMED", f"task {task.id} is not claimed")
-    if cmd.actor.sub != task.claimed_by and not cmd.actor.has(*kind.reassign_roles):
+    # Leads: the kind's reassigning roles other than the role the task is offered to (a
+    # dispatcher may reassign po.dispatch tasks, yet not undo another dispatcher's claim).
+    leads = kind.reassign_roles - {task.candidate_role}
+    if cmd.actor.sub != task.claimed_by and not cmd.actor.has(*leads):
         refuse(
             "PF.NOT_ASSIGNEE",
             f"task {task.id} is claimed by {task.claimed_by}; only they or "
-            f"{', '.join(sorted(kind.reassign_roles))} may give it back",
+            f"{', '.join(sorted(leads))} may give it back",
         )
