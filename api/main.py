@@ -15,6 +15,7 @@ from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
 from api.routes import (
     admin,
     certifications,
+    comments,
     customers,
     health,
     incentives,
@@ -89,6 +90,7 @@ def create_app(
         resellers,
         incentives,
         lists,
+        comments,
     ):
         app.include_router(module.router)
     return app

@@ -147,3 +147,13 @@ async def list_processes(
     rows = list((await session.exec(stmt.limit(limit + 1))).all())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+async def may_see_process(session: AsyncSession, principal: Principal, row: ProcessRow) -> bool:
+    """Whether the caller may see this one process row: `processes_visible_to`, for one row."""
+    found = await session.exec(
+        select(ProcessRow.id).where(
+            col(ProcessRow.id) == row.id, processes_visible_to(principal, row.process)
+        )
+    )
+    return found.first() is not None
