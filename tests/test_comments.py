@@ -66,10 +66,10 @@ async def test_r_x_3_r_x_8_comments_on_every_resource(stack: Stack, resource: Re
     ]
 
     # R-X-8: another partner neither reads nor writes; no token is 401; bad bodies are 422
-    for method, kwargs in (("GET", {}), ("POST", {"json": {"body": "x"}})):
-        r = await stack.http.request(method, f"{base}/comments", headers=stranger, **kwargs)
+    for method, json_body in (("GET", None), ("POST", {"body": "x"})):
+        r = await stack.http.request(method, f"{base}/comments", headers=stranger, json=json_body)
         assert r.status_code == 403 and r.json()["error_code"] == "PF.FORBIDDEN", r.text
-        r = await stack.http.request(method, f"{base}/comments", **kwargs)
+        r = await stack.http.request(method, f"{base}/comments", json=json_body)
         assert r.status_code == 401, r.text
     for bad in ({"body": ""}, {"body": "   "}, {"body": "x" * 4001}, {}, {"body": "x", "y": 1}):
         r = await stack.http.post(f"{base}/comments", json=bad, headers=owner)
