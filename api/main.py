@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from api.business_metrics import BusinessMetrics
 from api.errors import envelope, install_error_handlers
 from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
+from api.openapi import install_openapi, operation_id
 from api.routes import (
     admin,
     certifications,
@@ -64,6 +65,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
 
@@ -93,6 +95,7 @@ def create_app(
         comments,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

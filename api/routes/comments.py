@@ -157,6 +157,7 @@ def comment_routes(resource: Resource) -> None:
         methods=["POST"],
         name=f"comment_on_{name}",
         status_code=201,
+        tags=[resource.tag],
         response_model=CommentPublic,
         responses=ERRORS,
     )
@@ -165,6 +166,7 @@ def comment_routes(resource: Resource) -> None:
         get_comments,
         methods=["GET"],
         name=f"list_{name}_comments",
+        tags=[resource.tag],
         response_model=CommentPage,
         responses=ERRORS,
     )

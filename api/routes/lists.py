@@ -45,6 +45,7 @@ class Resource:
 
     process: str
     view: type[BaseModel]
+    tag: str  # the OpenAPI tag of the resource's other routes
 
     @property
     def path(self) -> str:
@@ -58,13 +59,13 @@ class Resource:
 
 
 RESOURCES: tuple[Resource, ...] = (
-    Resource("opportunity", OpportunityView),
-    Resource("certification", CertificationView),
-    Resource("incentive", IncentiveView),
-    Resource("invitation", InvitationView),
-    Resource("customer_invitation", CustomerInvitationView),
-    Resource("dissociation", DissociationView),
-    Resource("reseller_application", ResellerApplicationView),
+    Resource("opportunity", OpportunityView, "opportunities"),
+    Resource("certification", CertificationView, "certifications"),
+    Resource("incentive", IncentiveView, "incentives"),
+    Resource("invitation", InvitationView, "invitations"),
+    Resource("customer_invitation", CustomerInvitationView, "customers"),
+    Resource("dissociation", DissociationView, "customers"),
+    Resource("reseller_application", ResellerApplicationView, "resellers"),
 )
 RESOURCE_BY_PATH = {r.path: r for r in RESOURCES}
 
@@ -153,6 +154,7 @@ def list_route(resource: Resource) -> None:
         list_items,
         methods=["GET"],
         name=f"list_{resource.path.replace('-', '_')}",
+        tags=[resource.tag],
         response_model=page_model,
         responses=ERRORS,
     )
