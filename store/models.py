@@ -93,6 +93,13 @@ class ProcessRow(SQLModel, table=True):
         sa.Index("ix_processes_list_partner", "process", "partner_id", "updated_at", "id"),
         sa.Index("ix_processes_list_status", "process", "status", "updated_at", "id"),
         sa.Index("ix_processes_list_addressee", "process", "addressee", "updated_at", "id"),
+        # a list's `q` (LIKE '%…%'): a trigram index on PostgreSQL (pg_trgm), plain elsewhere
+        sa.Index(
+            "ix_processes_search",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=200)

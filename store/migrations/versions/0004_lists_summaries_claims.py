@@ -40,6 +40,17 @@ def upgrade() -> None:
         )
         for name, columns in _LIST_INDEXES.items():
             batch_op.create_index(name, columns, unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        # pg_trgm is a trusted extension (PostgreSQL 13+): the database owner may create it
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    op.create_index(
+        "ix_processes_search",
+        "processes",
+        ["search_text"],
+        unique=False,
+        postgresql_using="gin",
+        postgresql_ops={"search_text": "gin_trgm_ops"},
+    )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True)
@@ -81,6 +92,7 @@ def _backfill() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_column("claimed_by")
+    op.drop_index("ix_processes_search", table_name="processes")
     with op.batch_alter_table("processes", schema=None) as batch_op:
         for name in _LIST_INDEXES:
             batch_op.drop_index(name)
