@@ -17,6 +17,7 @@ from store.db import transaction
 from store.readmodel import apply_transition
 from tests.conftest import Stack, eventually
 from tests.helpers import Actors, complete, history_actions, submit
+from tests.test_invitations import check_replay
 
 
 async def read_inbox(
@@ -222,3 +223,12 @@ async def test_claimed_task_only_the_claimer_completes_and_leads_still_reassign(
     assert actions.count("task_claimed") == 3  # the repeated claim wrote nothing
     assert actions.count("task_unclaimed") == 2
     assert "task_reassigned" in actions and "dispatched" in actions
+    # a comment, then the partner withdraws: the whole history (claims, unclaims, a comment)
+    # replays on the current code; recorded under tests/histories for later changes
+    r = await stack.http.post(
+        f"/v1/opportunities/{po_id}/comments", json={"body": "Dispatched."}, headers=b
+    )
+    assert r.status_code == 201, r.text
+    r = await stack.http.post(f"/v1/opportunities/{po_id}/cancel", json={}, headers=actors.cobalt)
+    assert r.status_code == 200, r.text
+    await check_replay(stack, po_id, "opportunity_claims_comments")
