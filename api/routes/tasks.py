@@ -21,6 +21,7 @@ from api.processes import send_update, update_id
 from config import Settings
 from domain.principal import Principal
 from domain.tasks import CompleteTask, HumanTask, ReassignTask
+from domain.values import UtcDateTime
 from store.db import as_utc
 from store.inbox import list_tasks
 from store.models import ProcessRow, TaskRow
@@ -41,8 +42,8 @@ class TaskPublic(BaseModel):
     assignee: str | None
     candidate_role: str | None
     status: str
-    created_at: Any
-    due_at: Any
+    created_at: UtcDateTime
+    due_at: UtcDateTime | None
     escalated: bool
     outcome: str | None
     comment: str | None = None
