@@ -1,9 +1,8 @@
 """Lists of processes (GET /v1/{resource}) over the read model: who sees what, filters, and
 keyset pagination newest update first.
 
-`processes_visible_to` is the one place that says which process rows a caller may list (R-X-8).
-It mirrors the single reads (api/routes/*: `load_*`) and is written so it can be folded into a
-shared access-policy module: it takes a `Principal` and returns a SQL condition.
+Which rows a caller may list is decided by the one access policy (`api.access.process_filter`,
+R-X-8), the same that decides single reads.
 """
 
 from __future__ import annotations
@@ -19,20 +18,10 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from domain.principal import Principal, Role
+from api import access
+from domain.principal import Principal
 from store.db import as_utc
 from store.models import ProcessRow
-
-# Processes addressed to a personal account (`addressee` = the account id): the invited
-# account lists its invitations, a customer the dissociation requests sent to it.
-ADDRESSED_TO_ACCOUNT = frozenset({"invitation", "dissociation"})
-# Processes addressed to a partner (`addressee` = a partner id), seen by its users with the
-# role: a distributor's users list the reseller applications sent to their partner.
-ADDRESSED_TO_PARTNER_ROLE: dict[str, Role] = {"reseller_application": Role.distributor}
-# Processes staff see only with one of these roles (as their single reads); others: any staff.
-STAFF_ROLES_FOR: dict[str, frozenset[Role]] = {
-    "reseller_application": frozenset({Role.ops_admin}),
-}
 
 
 class BadCursor(ValueError):
@@ -40,34 +29,15 @@ class BadCursor(ValueError):
 
 
 def is_staff_caller(principal: Principal) -> bool:
-    """R-X-8: staff are callers with a staff role and no `partner_id`; a token carrying a
-    `partner_id` is a partner's, whatever its roles (a distributor's users included)."""
-    return principal.partner_id is None and principal.is_staff
+    """R-X-8: staff tokens carry no `partner_id`; a token with one is a partner's, whatever its
+    roles (`api.access.is_partner_scoped`)."""
+    return not access.is_partner_scoped(principal)
 
 
 def processes_visible_to(principal: Principal, process: str) -> Any:
-    """The SQL condition on `processes` rows of `process` the caller may see (R-X-8):
-
-    - staff (no `partner_id`, a staff role): every row, except where `STAFF_ROLES_FOR` narrows
-      it (reseller applications: ops_admin only);
-    - a caller with `partner_id`: its own partner's rows; with the `distributor` role also the
-      reseller applications addressed to its partner;
-    - an `account` (sub = account id): the invitations and dissociation requests addressed to it;
-    - anyone else: nothing.
-    """
-    clauses: list[Any] = []
-    if is_staff_caller(principal):
-        needed = STAFF_ROLES_FOR.get(process)
-        if needed is None or principal.has(*needed):
-            return sa.true()
-    if principal.partner_id is not None:
-        clauses.append(col(ProcessRow.partner_id) == principal.partner_id)
-        role = ADDRESSED_TO_PARTNER_ROLE.get(process)
-        if role is not None and principal.has(role):
-            clauses.append(col(ProcessRow.addressee) == principal.partner_id)
-    if process in ADDRESSED_TO_ACCOUNT and principal.has(Role.account):
-        clauses.append(col(ProcessRow.addressee) == principal.sub)
-    return sa.or_(*clauses) if clauses else sa.false()
+    """The SQL condition on `processes` rows of `process` the caller may see (R-X-8), exactly as
+    its single read: decided by the one access policy, `api.access.process_filter`."""
+    return access.process_filter(principal, process)
 
 
 def encode_cursor(row: ProcessRow) -> str:
@@ -147,13 +117,3 @@ async def list_processes(
     rows = list((await session.exec(stmt.limit(limit + 1))).all())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
-
-
-async def may_see_process(session: AsyncSession, principal: Principal, row: ProcessRow) -> bool:
-    """Whether the caller may see this one process row: `processes_visible_to`, for one row."""
-    found = await session.exec(
-        select(ProcessRow.id).where(
-            col(ProcessRow.id) == row.id, processes_visible_to(principal, row.process)
-        )
-    )
-    return found.first() is not None

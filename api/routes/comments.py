@@ -1,6 +1,6 @@
 """Comment threads on every process: POST/GET /v1/{resource}/{id}/comments (R-X-3, R-X-8).
 
-Who sees a process (`store.lists.processes_visible_to`, as its single read) reads and writes its
+Who sees a process (`api.access.may_see_process`, as its single read) reads and writes its
 comments. A comment on a running process is an `add_comment` Update: the workflow commits it as
 a `commented` audit entry, in order with everything else it records. On a process whose workflow
 has closed, the comment is written straight to the audit trail after the process's last entry
@@ -16,16 +16,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
 from api.processes import load_process, send_update, update_id
 from api.routes.lists import RESOURCES, Resource
+from domain.principal import Principal
 from domain.tasks import AddComment
 from store.comments import add_comment_to_closed_process, list_comments
 from store.db import as_utc
-from store.lists import BadCursor, may_see_process
+from store.lists import BadCursor
 from store.models import ProcessRow
 
 router = APIRouter()
@@ -55,15 +57,12 @@ class CommentPage(BaseModel):
 
 
 async def visible_process(
-    sessions: Any, resource: Resource, item_id: str, principal: Any
+    sessions: Any, resource: Resource, item_id: str, principal: Principal
 ) -> ProcessRow:
     """The process row (404 if none of that resource), 403 unless the caller may see it."""
     noun = resource.process.replace("_", " ")
     row = await load_process(sessions, process=resource.process, item_id=item_id, noun=noun)
-    async with sessions() as session:
-        if not await may_see_process(session, principal, row):
-            raise ApiError("PF.FORBIDDEN", f"this {noun} is not yours to see (R-X-8)")
-    return row
+    return access.check_may_see(principal, row, noun)
 
 
 def comment_routes(resource: Resource) -> None:
