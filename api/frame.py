@@ -20,10 +20,12 @@ from datetime import timedelta
 from typing import Any, get_args
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from api.auth import current_user
@@ -75,8 +77,9 @@ def _with_body(request: Request, body: bytes) -> Request:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    replaced = Request(request.scope, receive)
-    return replaced
+    headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type",)]
+    headers.append((b"content-type", b"application/json"))
+    return Request({**request.scope, "headers": headers}, receive)
 
 
 class CommandRoute(APIRoute):
@@ -138,11 +141,8 @@ async def run_idempotent(
     )
     try:
         response = await handler(request)
-    except ApiError as exc:
-        await _settle_failure(store, scope, taken, exc.status_code)
-        raise
-    except BaseException:
-        await _settle_failure(store, scope, taken, 500)
+    except BaseException as exc:
+        await _settle_failure(store, scope, taken, _status_of(exc))
         raise
     body = getattr(response, "body", None)
     if 200 <= response.status_code < 300 and isinstance(body, bytes):
@@ -154,6 +154,17 @@ async def run_idempotent(
     else:
         await _settle_failure(store, scope, taken, response.status_code)
     return response
+
+
+def _status_of(exc: BaseException) -> int:
+    """The status the one error handler will answer for `exc` (4xx: nothing was changed)."""
+    if isinstance(exc, ApiError):
+        return exc.status_code
+    if isinstance(exc, RequestValidationError):
+        return 422
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code
+    return 500
 
 
 async def _settle_failure(
