@@ -161,7 +161,7 @@ async def test_r_x_6_a_write_from_another_run_is_refused_and_counted(
     again and be dropped without a word; now it raises and is counted, and writes nothing."""
 
     def counted() -> float:
-        return READ_MODEL_CONFLICTS.labels(process="opportunity")._value.get()
+        return float(READ_MODEL_CONFLICTS.labels(process="opportunity")._value.get())
 
     first = transition(1, "in_review").model_copy(update={"origin_run_id": "run-a"})
     async with transaction(sessions) as session:
