@@ -44,6 +44,10 @@ from api.idempotency import (
 )
 
 COMMAND_METHODS = frozenset({"POST", "PATCH"})
+# An attempt holds its key at most the update timeout plus this (the handler's own bound plus
+# the fall-back's grace and store work); a record still in flight after that belongs to an API
+# process that died, and a retry takes it over.
+IN_FLIGHT_MARGIN_SECONDS = 15.0
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
@@ -127,7 +131,9 @@ async def run_idempotent(
     store = IdempotencyStore(
         request.app.state.sessions,
         retention=settings.idempotency_retention,
-        in_flight_bound=timedelta(seconds=2 * settings.update_timeout_seconds + 30),
+        in_flight_bound=timedelta(
+            seconds=settings.update_timeout_seconds + IN_FLIGHT_MARGIN_SECONDS
+        ),
     )
     await purge_now_and_then(store)
     path = request.url.path

@@ -15,7 +15,7 @@ in the fingerprint. The record is taken FIRST, in flight, with the request's fin
   process id allocated by the first attempt is reused, update ids are the same), while another
   request under that key is refused.
 - An attempt that dies without a word (a killed API) leaves its record in flight only until
-  `locked_until` (twice the update timeout plus 30 s); then a retry takes it over.
+  `locked_until` (the update timeout plus 15 s); then a retry takes it over.
 
 Same key, other request: 422 PF.IDEMPOTENCY_KEY_REUSED. Same key while the first attempt is
 in flight: 409 PF.IDEMPOTENCY_KEY_IN_FLIGHT with Retry-After.
