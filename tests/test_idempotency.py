@@ -23,11 +23,14 @@ from api.main import create_app
 from store.models import IdempotencyRecord, ProcessRow
 from tests.conftest import Stack, eventually
 from tests.helpers import Actors, complete, history_actions, po_body
+from tests.test_certification import FAILING, PASSING, Certs, certs  # noqa: F401
+from tests.test_certification import submit as cert_submit
 from tests.test_invitations import (  # noqa: F401 - `short` is a fixture
     People,
     associated_partner,
     invite,
     new_account,
+    outbox_for,
     post,
     short,
     wait_status,
@@ -262,6 +265,9 @@ async def test_r_x_6_an_invitation_key_reused_after_expiry_loses_nothing(
     assert new["account_id"] == second_account
     got = (await stack.http.get(f"/v1/invitations/{new['id']}", headers=p.acme)).json()
     assert got["status"] == "pending" and got["account_id"] == second_account
+    # its e-mail is its own (outbox keys name the new process), not a collision with the old
+    mails = await outbox_for(stack, new["id"])
+    assert mails and all(m.event_key.startswith(f"{new['id']}:") for m in mails)
     await post(stack.http, f"/v1/invitations/{new['id']}/accept", p.account(second_account))
     assert await associated_partner(stack, second_account) == "p-acme"
 
@@ -289,3 +295,34 @@ async def test_design_3_a_post_with_only_optional_fields_accepts_no_body(stack: 
         assert r.status_code != 422, (path, r.text)
         checked.append(path)
     assert "/v1/opportunities/{po_id}/cancel" in checked
+
+
+async def test_r_x_6_two_cert_experts_with_one_key_on_one_task_one_decides(
+    certs: Certs,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The issue's example: two certification experts complete the same role-offered review at
+    once with the same key, one passing and one failing it: one 200, the other refused, and the
+    audit names the one who decided."""
+    c = certs
+    view = await cert_submit(c.http, c.svc)
+    key = f"review-{uuid.uuid4()}"
+    experts = {"expert-he": PASSING, "expert-liu": FAILING}
+    r1, r2 = await asyncio.gather(
+        *(
+            c.http.post(
+                f"/v1/tasks/{view['open_task_id']}/complete",
+                json={"outcome": "decide", "data": {"items": items}},
+                headers={**c.stack.auth(sub, ["cert_reviewer"]), "Idempotency-Key": key},
+            )
+            for sub, items in experts.items()
+        )
+    )
+    codes = sorted([r1.status_code, r2.status_code])
+    assert codes[0] == 200 and codes[1] in (409, 422), (r1.text, r2.text)
+    winner = "expert-he" if r1.status_code == 200 else "expert-liu"
+    status = "passed" if winner == "expert-he" else "failed"
+    assert (r1 if r1.status_code == 200 else r2).json()["status"] == status
+    items = (await c.http.get(f"/v1/certifications/{view['id']}/history", headers=c.svc)).json()[
+        "items"
+    ]
+    assert [h["actor"] for h in items if h["actor"] in experts] == [winner]
