@@ -326,3 +326,44 @@ async def test_r_x_6_two_cert_experts_with_one_key_on_one_task_one_decides(
         "items"
     ]
     assert [h["actor"] for h in items if h["actor"] in experts] == [winner]
+
+
+async def test_r_x_6_a_customer_link_key_reused_after_expiry_loses_nothing(
+    stack: Stack,
+    short: httpx.AsyncClient,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Customer invitations: a link sent with key K expires; a colleague sends a link to
+    another customer with K: a new link, its own e-mail, and the customer registers with it."""
+    p = People(stack)
+    colleague = stack.auth("u-acme-3", ["partner_admin"], "p-acme")
+    key = f"link-{uuid.uuid4()}"
+
+    def link_body() -> dict[str, str]:
+        return {"email": f"it-{uuid.uuid4().hex[:8]}@lakeside.example", "customer_name": "L"}
+
+    old = await post(
+        short,
+        "/v1/customer-invitations",
+        {**p.acme, "Idempotency-Key": key},
+        expect=201,
+        json=link_body(),
+    )
+    await wait_status(stack.http, f"/v1/customer-invitations/{old['id']}", p.acme, "expired")
+    body = link_body()
+    new = await post(
+        stack.http,
+        "/v1/customer-invitations",
+        {**colleague, "Idempotency-Key": key},
+        expect=201,
+        json=body,
+    )
+    assert new["id"] != old["id"] and new["status"] == "sent" and new["email"] == body["email"]
+    got = await stack.http.get(f"/v1/customer-invitations/{new['id']}", headers=p.acme)
+    assert got.json()["status"] == "sent"
+    mails = await outbox_for(stack, new["id"])
+    assert [m.recipient for m in mails] == [body["email"]]
+    customer = await new_account(stack, enterprise_verified=True)
+    view = await post(
+        stack.http, new["registration_path"], p.account(customer), json={"token": new["token"]}
+    )
+    assert view["status"] == "registered"
