@@ -35,6 +35,7 @@ from tests.test_invitations import (  # noqa: F401 - `short` is a fixture
     short,
     wait_status,
 )
+from tests.test_resellers import Cast
 
 SUB = "ops-idem"
 
@@ -367,3 +368,34 @@ async def test_r_x_6_a_customer_link_key_reused_after_expiry_loses_nothing(
         stack.http, new["registration_path"], p.account(customer), json={"token": new["token"]}
     )
     assert view["status"] == "registered"
+
+
+async def test_r_x_6_a_reseller_key_reused_after_rejection_loses_nothing(stack: Stack) -> None:
+    """Reseller applications: one sent with key K is rejected (closed); a colleague applies again
+    with K. A new application, in review, with its own e-mail, and the distributor approves it."""
+    c = await Cast(stack).setup()
+    reseller = await c.reseller()
+    colleague = stack.auth(f"u2-{reseller.id}", ["partner_admin"], reseller.id)
+    key = f"coop-{uuid.uuid4()}"
+    old = await c.apply({**reseller.admin, "Idempotency-Key": key})
+    rejected = await post(
+        stack.http,
+        f"/v1/tasks/{old['open_task_id']}/complete",
+        c.reviewer,
+        json={"outcome": "reject", "comment": "not this year"},
+    )
+    assert rejected["status"] == "rejected"
+    new = await c.apply({**colleague, "Idempotency-Key": key})
+    assert new["id"] != old["id"] and new["status"] == "in_review"
+    got = await stack.http.get(f"/v1/reseller-applications/{new['id']}", headers=reseller.admin)
+    assert got.json()["status"] == "in_review"
+    assert [m.recipient for m in await outbox_for(stack, new["id"])] == [
+        f"ops@{c.distributor_id}.example"
+    ]
+    view = await post(
+        stack.http,
+        f"/v1/tasks/{new['open_task_id']}/complete",
+        c.reviewer,
+        json={"outcome": "approve"},
+    )
+    assert view["status"] == "approved"
