@@ -25,6 +25,8 @@ from tests.conftest import Stack, eventually
 from tests.helpers import Actors, complete, history_actions, po_body
 from tests.test_certification import FAILING, PASSING, Certs, certs  # noqa: F401
 from tests.test_certification import submit as cert_submit
+from tests.test_incentives import Staff, funding_head, new_partner
+from tests.test_incentives import apply as apply_incentive
 from tests.test_invitations import (  # noqa: F401 - `short` is a fixture
     People,
     associated_partner,
@@ -399,3 +401,31 @@ async def test_r_x_6_a_reseller_key_reused_after_rejection_loses_nothing(stack: 
         json={"outcome": "approve"},
     )
     assert view["status"] == "approved"
+
+
+async def test_r_x_6_an_incentive_key_reused_after_rejection_loses_nothing(stack: Stack) -> None:
+    """Incentives: an application sent with key K is rejected (closed); a colleague applies for
+    another project with K. A new application, in review, visible, and the reviewer decides it."""
+    staff = Staff(stack)
+    partner = await new_partner(stack)
+    key = f"inc-{uuid.uuid4()}"
+    old = await apply_incentive(
+        stack.http, {**partner.admin, "Idempotency-Key": key}, funding_head()
+    )
+    r = await stack.http.post(
+        f"/v1/tasks/{old['open_task_id']}/complete",
+        json={"outcome": "reject", "comment": "out of scope"},
+        headers=staff.reviewer,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
+    body = funding_head()
+    new = await apply_incentive(stack.http, {**partner.member, "Idempotency-Key": key}, body)
+    assert new["id"] != old["id"] and new["status"] == "in_review"
+    got = await stack.http.get(f"/v1/incentives/{new['id']}", headers=partner.admin)
+    assert got.json()["status"] == "in_review" and got.json()["project"] == body["project"]
+    r = await stack.http.post(
+        f"/v1/tasks/{new['open_task_id']}/complete",
+        json={"outcome": "reject", "comment": "still out of scope"},
+        headers=staff.reviewer,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
