@@ -28,7 +28,7 @@ from temporalio.common import (
 )
 from temporalio.workflow import UpdateMethodMultiParam
 
-from api.auth import may_see_partner_item, require_partner_user
+from api import access
 from api.errors import ApiError, temporal_errors
 from api.idempotency import IdempotencyGuard
 from config import Settings
@@ -214,12 +214,9 @@ async def load_partner_item(
     noun: str,
     principal: Principal,
 ) -> ProcessRow:
-    """As `load_process`, and 403 unless the caller may see the partner's item (staff, or a
-    user of that partner)."""
+    """As `load_process`, and 403 unless the caller may see the item (R-X-8, `api.access`)."""
     row = await load_process(sessions, process=process, item_id=item_id, noun=noun)
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", f"this {noun} belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, noun)
 
 
 @dataclass
@@ -322,12 +319,10 @@ class ProcessGateway:
         view: type[V],
         closed: frozenset[str] = frozenset(),
     ) -> V:
-        """A partner user's Update on its own item: found (404), visible (403), a partner user
-        (403), not in a `closed` status (409 PF.PROCESS_CLOSED)."""
-        row = await self.load_partner_item(
-            process=process, item_id=item_id, noun=noun, principal=principal
-        )
-        require_partner_user(principal)
+        """An owner's Update on its own item: found (404), acted on by its owner (403, R-X-8
+        `access.check_owner_action`), not in a `closed` status (409 PF.PROCESS_CLOSED)."""
+        row = await self.load(process=process, item_id=item_id, noun=noun)
+        access.check_owner_action(principal, row, noun)
         if row.status in closed:
             raise ApiError("PF.PROCESS_CLOSED", f"{noun} {item_id} is {row.status}")
         return await self.update(item_id, update, arg, view=view)

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_admin
+from api import access
+from api.auth import CurrentUser, require_partner_admin
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
@@ -71,9 +72,7 @@ async def load_customer_invitation(
     sessions: Sessions, cinv_id: str, principal: Principal
 ) -> ProcessRow:
     row = await process_row(sessions, "customer_invitation", cinv_id, "customer invitation")
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", "this customer invitation belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, "customer invitation")
 
 
 @router.post("/v1/customer-invitations", status_code=201, response_model=CustomerInvitationView)
@@ -156,10 +155,7 @@ async def customer_invitation_history(
 
 async def load_dissociation(sessions: Sessions, dis_id: str, principal: Principal) -> ProcessRow:
     row = await process_row(sessions, "dissociation", dis_id, "dissociation request")
-    customer = principal.has(Role.account) and principal.sub == row.view.get("account_id")
-    if not (customer or may_see_partner_item(principal, row.partner_id)):
-        raise ApiError("PF.FORBIDDEN", "this dissociation request belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, "dissociation request")
 
 
 @router.post("/v1/dissociations", status_code=201, response_model=DissociationView)

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api import access
 from api.auth import CurrentUser
 from api.deps import Processes, SessionDep, SessionsDep
 from api.errors import ApiError
@@ -20,8 +20,9 @@ from api.frame import command_router
 from api.processes import ProcessGateway
 from domain.principal import Principal
 from domain.tasks import CompleteTask, HumanTask, ReassignTask
+from domain.values import UtcDateTime
 from store.db import as_utc
-from store.inbox import list_tasks, visible_to
+from store.inbox import list_tasks
 from store.models import ProcessRow, TaskRow
 from workflows.human_task import ProcessWorkflow
 
@@ -37,8 +38,8 @@ class TaskPublic(BaseModel):
     assignee: str | None
     candidate_role: str | None
     status: str
-    created_at: Any
-    due_at: Any
+    created_at: UtcDateTime
+    due_at: UtcDateTime | None
     escalated: bool
     outcome: str | None
     comment: str | None = None
@@ -143,16 +144,9 @@ async def load_task(
     opportunities.load_opportunity)."""
     async with sessions() as session:
         row = await session.get(TaskRow, task_id)
-        if row is None:
-            raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
-        visible = (
-            await session.exec(
-                select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal))
-            )
-        ).first()
-    if visible is None:
-        raise ApiError("PF.FORBIDDEN", f"task {task_id} is not yours to see")
-    return row
+    if row is None:
+        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    return access.check_may_see_task(principal, row)
 
 
 @router.get("", response_model=TaskPage)
@@ -264,6 +258,7 @@ async def reassign_task(
         row = await session.get(TaskRow, task_id)
     if row is None:
         raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await processes.update_json(
