@@ -6,7 +6,7 @@ running workflow keeps the policy it started with. Workflow code never imports t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         default=15.0, description="how long the API waits for a worker to answer a decision"
     )
     max_body_bytes: int = 256 * 1024
+    idempotency_retention: timedelta = Field(
+        default=timedelta(hours=24),
+        description="R-X-6: how long an Idempotency-Key's first answer is kept (ISO 8601, PT24H)",
+    )
     worker_metrics_port: int = Field(
         default=9464,
         ge=0,

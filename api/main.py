@@ -36,7 +36,9 @@ partnerflow starts and drives the partner program's long-running processes (Temp
 
 * Auth: `Authorization: Bearer <JWT>` (HS256). Claims: `sub`, `roles`, `partner_id`.
 * Errors: `{"error_code": "PF.xxxx", "error_msg": "...", "details": ...}`.
-* POSTs accept `Idempotency-Key`: a repeat returns the first answer.
+* POST and PATCH accept `Idempotency-Key` (per caller, method and path; kept 24 h): the same
+  request again returns the first answer byte for byte; another request under the key is 422;
+  a repeat while the first is in flight is 409.
 """
 
 

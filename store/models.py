@@ -118,6 +118,9 @@ class ProcessRow(SQLModel, table=True):
     addressee: str | None = Field(default=None, max_length=128)
     # lower-cased text a list's `q` matches (domain.summaries.search_text)
     search_text: str | None = Field(default=None, max_length=2000)
+    # The workflow's first run id (kept across continue-as-new): a write from another run that
+    # reuses the id is refused, never silently dropped (R-X-6, store.readmodel).
+    origin_run_id: str | None = Field(default=None, max_length=64)
 
 
 class TaskRow(SQLModel, table=True):
@@ -194,15 +197,29 @@ class OutboxMessage(SQLModel, table=True):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """R-X-6: the first answer to a POST with an Idempotency-Key, replayed for repeats."""
+    """R-X-6: one Idempotency-Key of one caller on one method and path, and what became of it.
+
+    `scope` = sha256(sub, method, path, key). `state`: `in_flight` (an attempt owns it until
+    `locked_until`), `done` (`status_code`, `content_type` and the exact `response` bytes of a
+    2xx answer, replayed byte for byte), `pending` (a 5xx answer: the effect may still happen,
+    so the key stays bound to `fingerprint` and a retry re-runs the request, reusing
+    `effect_id`, the process id allocated by the first attempt). Kept until `expires_at`
+    (`idempotency_retention`, 24 h by default); after that the key is free again.
+    """
 
     __tablename__ = "idempotency_records"
 
     scope: str = Field(primary_key=True, max_length=64)
-    request_hash: str = Field(max_length=64)
-    status_code: int
-    response: dict[str, Any] = _json()
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    attempt: str = Field(max_length=32)
+    effect_id: str | None = Field(default=None, max_length=200)
+    status_code: int | None = None
+    content_type: str | None = Field(default=None, max_length=200)
+    response: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     created_at: datetime = _ts()
+    locked_until: datetime = _ts()
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), index=True))
 
 
 class Claim(SQLModel, table=True):

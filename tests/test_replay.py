@@ -45,6 +45,9 @@ def load(path: Path) -> WorkflowHistory:
 def test_histories_are_committed() -> None:
     labels = {p.stem.split("__")[0] for p in committed()}
     assert "opportunity_review_full" in labels, labels
+    # recorded after R-X-6's exact ids: activity inputs carry `origin_run_id`, update ids name
+    # the caller (a copy of test_full_po_history_replays' recording under its own label)
+    assert "opportunity_review_exact_ids" in labels, labels
     # recorded by tests/test_invitations.py and tests/test_resellers.py (`check_replay`)
     assert {
         "invitation_accepted",

@@ -407,6 +407,7 @@ class ProcessWorkflow:
             tasks=list(self.tasks.values()),
             audit=audit,
             notifications=notifications or [],
+            origin_run_id=workflow.info().first_execution_run_id,
         )
         await workflow.execute_activity_method(
             ReadModelActivities.apply_transition,
