@@ -16,12 +16,14 @@ from api.routes import (
     admin,
     certifications,
     customers,
+    events,
     health,
     incentives,
     invitations,
     opportunities,
     resellers,
     tasks,
+    webhooks,
 )
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
@@ -87,6 +89,8 @@ def create_app(
         customers,
         resellers,
         incentives,
+        events,
+        webhooks,
     ):
         app.include_router(module.router)
     return app

@@ -18,6 +18,7 @@ from domain.opportunity import (
     RouteResult,
 )
 from domain.projection import Transition
+from store.events import append_events
 from store.models import AuditEvent, Offering, OutboxMessage, ProcessRow, RoutingRule, TaskRow
 
 
@@ -32,12 +33,14 @@ def notification_key(process_id: str, version: int, position: int) -> str:
 
 
 async def apply_transition(session: AsyncSession, t: Transition) -> None:
-    """Write one transition: process row, its tasks, audit rows, outbox rows. Idempotent.
+    """Write one transition: its events, process row, tasks, audit rows, outbox rows. Idempotent.
 
     Rows move only forward (`version`), audit rows and outbox rows are keyed by the transition's
     version, so a retried or replayed activity leaves the store as one run would.
     """
     rec = t.record
+    # first: the events compare this transition with the rows it is about to replace
+    await append_events(session, t)
     row = {
         "id": rec.id,
         "process": rec.process,
