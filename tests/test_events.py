@@ -355,7 +355,7 @@ async def test_r_x_8_feed_shows_a_po_review_to_its_partner_and_staff_only(stack:
 async def test_feed_refuses_a_bad_cursor_and_an_anonymous_caller(stack: Stack) -> None:
     actors = Actors(stack)
     r = await stack.http.get("/v1/events", params={"after": "42"}, headers=actors.acme)
-    assert r.status_code == 422 and r.json()["error_code"] == "PF.VALIDATION_FAILED"
+    assert r.status_code == 400 and r.json()["error_code"] == "PF.BAD_REQUEST"
     r = await stack.http.get("/v1/events", params={"limit": 0}, headers=actors.acme)
     assert r.status_code == 422
     r = await stack.http.get("/v1/events")

@@ -60,13 +60,14 @@ def event_scope(principal: Principal) -> EventScope:
 
 
 def parse_cursor(after: str | None) -> tuple[int, int] | None:
-    """The (txid, id) of an event id sent as `after`; PF.VALIDATION_FAILED if it is not one."""
+    """The (txid, id) of an event id sent as `after`; PF.BAD_REQUEST (400, as every list's bad
+    cursor) if it is not one."""
     if after is None:
         return None
     cursor = decode_event_id(after)
     if cursor is None:
         raise ApiError(
-            "PF.VALIDATION_FAILED",
+            "PF.BAD_REQUEST",
             "`after` must be an event id taken from this feed",
             {"after": after[:100]},
         )

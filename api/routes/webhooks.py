@@ -364,12 +364,14 @@ async def list_webhook_deliveries(
     principal: CurrentUser,
     sessions: SessionsDep,
     status: Annotated[str | None, Query(pattern="^(pending|delivered)$")] = None,
-    cursor: Annotated[str | None, Query(pattern="^[0-9]{1,19}$")] = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Any:
     """The delivery log, newest first: per event its attempts, last status code or error, and
     when the next attempt is due. `next_cursor` pages on."""
     await _load(sessions, principal, subscription_id)
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
+        raise ApiError("PF.BAD_REQUEST", "`cursor` must be a next_cursor from this log")
     stmt = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription_id)
     if status:
         stmt = stmt.where(WebhookDelivery.status == status)
