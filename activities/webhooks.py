@@ -37,11 +37,11 @@ from store.models import Event, WebhookDelivery, WebhookSubscription, utcnow
 from store.webhooks import (
     ACTIVE,
     Attempt,
-    active_subscription_ids,
     dispatch_subscription,
     record_failure,
     record_success,
     signing_secrets,
+    subscriptions_with_new_events,
 )
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class WebhookSender:
     async def dispatch(self) -> int:
         """Turn new feed events into delivery rows for every active subscription."""
         total = 0
-        for subscription_id in await active_subscription_ids(self._sessions):
+        for subscription_id in await subscriptions_with_new_events(self._sessions):
             for _ in range(MAX_DISPATCH_ROUNDS):
                 read = await dispatch_subscription(
                     self._sessions, subscription_id, batch_size=self._config.batch_size

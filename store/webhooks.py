@@ -43,11 +43,11 @@ def new_subscription_id() -> str:
     return f"whs_{uuid.uuid4().hex}"
 
 
-def subscription_scope(sub: WebhookSubscription) -> EventScope:
+def subscription_scope(partner_id: str | None) -> EventScope:
     """A partner's subscription sees what its partner's users see; ops' (no partner) all."""
-    if sub.partner_id is None:
+    if partner_id is None:
         return EventScope(everything=True)
-    return EventScope(partner_id=sub.partner_id)
+    return EventScope(partner_id=partner_id)
 
 
 async def create_subscription(
@@ -132,9 +132,7 @@ async def dispatch_subscription(
         if locked is None:
             return 0  # deleted or disabled meanwhile
         cursor_txid, cursor_id, partner_id, event_types = locked
-        scope = (
-            EventScope(everything=True) if partner_id is None else EventScope(partner_id=partner_id)
-        )
+        scope = subscription_scope(partner_id)
         events = await read_feed(session, scope, after=(cursor_txid, cursor_id), limit=batch_size)
         if not events:
             return 0
@@ -164,14 +162,25 @@ async def dispatch_subscription(
         return len(events)
 
 
-async def active_subscription_ids(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+async def subscriptions_with_new_events(
+    sessions: async_sessionmaker[AsyncSession],
+) -> list[str]:
+    """Active subscriptions with servable events past their cursor: read-only, so an idle pass
+    takes no write lock (SQLite has one for the whole database)."""
     async with sessions() as session:
-        rows = await session.exec(
-            select(WebhookSubscription.id)
-            .where(WebhookSubscription.status == ACTIVE)
-            .order_by(col(WebhookSubscription.id))
-        )
-        return list(rows.all())
+        subs = (
+            await session.exec(
+                select(WebhookSubscription)
+                .where(WebhookSubscription.status == ACTIVE)
+                .order_by(col(WebhookSubscription.id))
+            )
+        ).all()
+        due = []
+        for sub in subs:
+            after = (sub.cursor_txid, sub.cursor_id)
+            if await read_feed(session, subscription_scope(sub.partner_id), after=after, limit=1):
+                due.append(sub.id)
+        return due
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,40 @@ async def test_an_event_is_written_with_its_change_or_not_at_all(
     assert [e["type"] for e in await whole_feed(sessions)] == ["opportunity.submitted"]
 
 
+async def test_r_x_8_events_addressed_to_an_account_or_a_distributor_reach_them_only(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """An invitation's events reach the invited account; a reseller's application (and its
+    review task) the distributor it is addressed to; nobody else outside staff."""
+    invitation = transition("inv-1", 1, "pending", partner_id="p-acme")
+    invitation.record.process = "invitation"
+    invitation.record.view["account_id"] = "acct-9"
+    application = transition("res-1", 1, "submitted", partner_id="p-relay")
+    application.record.process = "reseller_application"
+    application.record.view["distributor_id"] = "p-bright"
+    review = review_task("res-1").model_copy(
+        update={"assignee": None, "partner_id": "p-relay", "assignee_partner_id": "p-bright"}
+    )
+    application.tasks = [review]
+    await apply(sessions, invitation)
+    await apply(sessions, application)
+
+    async def seen(scope: EventScope) -> set[tuple[str, str]]:
+        return {(e["process_id"], e["type"]) for e in await whole_feed(sessions, scope)}
+
+    assert await seen(EventScope(account_id="acct-9")) == {("inv-1", "invitation.pending")}
+    assert await seen(EventScope(account_id="acct-other")) == set()
+    assert await seen(EventScope(partner_id="p-bright")) == {
+        ("res-1", "reseller_application.submitted"),
+        ("res-1", "task.opened"),
+    }
+    assert await seen(EventScope(partner_id="p-relay")) == await seen(
+        EventScope(partner_id="p-bright")
+    )
+    assert await seen(EventScope(partner_id="p-cobalt")) == set()
+    assert len(await seen(EventScope(everything=True))) == 3
+
+
 # --- reading: from any cursor, the same feed ---------------------------------------------------
 
 
