@@ -203,8 +203,12 @@ async def test_receiver_down_then_up_gets_each_event_once_signed(
             delivered = by_id[event["id"]]
             assert delivered.body == event
             assert delivered.verified_by == [0]
-        log = await deliveries(stack, sub["id"], actors.acme)
-        assert {d["event_id"] for d in log if d["status"] == "delivered"} >= set(by_id)
+
+        async def logged_delivered() -> bool:  # the sender records it after the answer
+            log = await deliveries(stack, sub["id"], actors.acme)
+            return {d["event_id"] for d in log if d["status"] == "delivered"} >= set(by_id)
+
+        await eventually(logged_delivered, what="the log to show every event delivered")
     finally:
         receiver.server.clear()
         receiver.server.stop()
