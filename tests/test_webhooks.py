@@ -6,6 +6,7 @@ failing and telling its owner; the URL policy (SSRF) outside development."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -17,16 +18,20 @@ from typing import Any
 import httpx
 import pytest
 from pytest_httpserver import HTTPServer
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug import Request, Response
 
-from activities.webhooks import WebhookUrlRefused, check_webhook_url
-from config import Environment
-from store.models import OutboxMessage, utcnow
-from store.webhooks import new_secret, signing_secrets
+from activities.webhooks import WebhookSender, WebhookUrlRefused, check_webhook_url
+from config import Environment, Webhooks
+from store.db import transaction
+from store.models import OutboxMessage, WebhookDelivery, utcnow
+from store.webhooks import create_subscription, new_secret, signing_secrets
 from tests.conftest import ApiServer, Stack, eventually, free_port
 from tests.helpers import Actors, SettingsTokens, submit
+from tests.test_events import apply, transition
 
 
 @dataclass
@@ -471,3 +476,50 @@ async def test_production_api_answers_422_webhook_url_refused(stack: Stack) -> N
             assert not [s for s in listed.json()["items"] if s["url"] in REFUSED_IN_PRODUCTION]
     finally:
         await api.stop()
+
+
+# --- the sender on its own: restarts, two workers, a crash after the answer -------------------
+
+
+async def test_events_committed_while_no_sender_ran_are_delivered_once_by_two_senders(
+    sessions: async_sessionmaker[AsyncSession], receiver: Receiver
+) -> None:
+    """The subscription's cursor and its delivery rows are in the store, so a sender started
+    later (a restarted worker) delivers what was committed meanwhile; two senders at once (two
+    workers) deliver each event once; a crash between the answer and `delivered` sends the
+    event again with the same `webhook-id`."""
+    async with transaction(sessions) as session:
+        sub = await create_subscription(
+            session,
+            partner_id="p-acme",
+            url=receiver.url("/hook/7"),
+            event_types=["opportunity.*"],
+            created_by="u-acme-1",
+        )
+    receiver.secrets["/hook/7"] = [sub.secret]
+    for n in range(5):
+        await apply(sessions, transition(f"po-s{n}", 1, "submitted"))
+    await apply(sessions, transition("po-other", 1, "submitted", partner_id="p-bright"))
+    config = Webhooks(batch_size=2, base_backoff_seconds=0.1, max_backoff_seconds=0.5)
+    senders = [WebhookSender(sessions, config, production=False) for _ in range(2)]
+
+    async def all_delivered() -> bool:
+        await asyncio.gather(*(s.run_once() for s in senders))
+        return len({d.webhook_id for d in receiver.at("/hook/7")}) >= 5
+
+    await eventually(all_delivered, what="two senders to deliver the backlog")
+    for _ in range(3):  # more passes send nothing more
+        await asyncio.gather(*(s.run_once() for s in senders))
+    got = receiver.at("/hook/7")
+    assert sorted(d.body["process_id"] for d in got) == [f"po-s{n}" for n in range(5)]
+    assert set(Counter(d.webhook_id for d in got).values()) == {1}
+    assert all(d.verified_by == [0] for d in got)
+
+    # a sender that died after the receiver answered: the lease runs out, the row is due again
+    async with transaction(sessions) as session:
+        row = (await session.exec(select(WebhookDelivery).limit(1))).one()
+        row.status, row.next_attempt_at = "pending", utcnow()
+        session.add(row)
+    await senders[0].run_once()
+    again = [d for d in receiver.at("/hook/7") if d.webhook_id == row.event_id]
+    assert len(again) == 2 and again[0].body == again[1].body
