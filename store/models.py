@@ -217,6 +217,8 @@ class Event(SQLModel, table=True):
         sa.UniqueConstraint("process_id", "version", "position", name="uq_events_transition"),
         sa.Index("ix_events_feed", "txid", "id"),
         sa.Index("ix_events_partner", "partner_id", "txid", "id"),
+        sa.Index("ix_events_audience_partner", "audience_partner_id", "txid", "id"),
+        sa.Index("ix_events_audience_account", "audience_account_id", "txid", "id"),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(_EventId, primary_key=True))

@@ -46,6 +46,12 @@ def upgrade() -> None:
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_feed", ["txid", "id"], unique=False)
         batch_op.create_index("ix_events_partner", ["partner_id", "txid", "id"], unique=False)
+        batch_op.create_index(
+            "ix_events_audience_partner", ["audience_partner_id", "txid", "id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_events_audience_account", ["audience_account_id", "txid", "id"], unique=False
+        )
 
     op.create_table(
         "webhook_subscriptions",
