@@ -1,7 +1,8 @@
 """Event types (DESIGN §3 `event`) and the patterns a webhook subscription lists.
 
 A type is `<process>.<status>` (`opportunity.approved`), `<process>.updated` (the public view
-changed, the status did not), or `task.opened` / `task.completed` / `task.cancelled`.
+changed, the status did not), or `task.opened` / `task.completed` / `task.cancelled` /
+`task.escalated` / `task.reassigned`.
 A subscription's `event_types` holds exact types and wildcards: `*` (everything),
 `<process>.*` (`incentive.*`, `task.*`). Nothing else: a pattern that can match no event is
 refused rather than silently delivering nothing.
@@ -31,7 +32,8 @@ PROCESS_STATUSES: dict[str, type[StrEnum]] = {
 }
 UPDATED = "updated"
 TASK_TYPES = frozenset(
-    {"task.opened"} | {f"task.{s}" for s in TaskStatus if s is not TaskStatus.open}
+    {"task.opened", "task.escalated", "task.reassigned"}
+    | {f"task.{s}" for s in TaskStatus if s is not TaskStatus.open}
 )
 
 

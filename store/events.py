@@ -5,7 +5,8 @@ process row is upserted, and compares the transition with the row it replaces:
 
 * the process status changed (or the process is new) → `<process>.<status>`
   (`opportunity.approved`); the public view changed otherwise → `<process>.updated`;
-* a task appeared open → `task.opened`; a task left `open` → `task.completed` / `task.cancelled`.
+* a task appeared open → `task.opened`; a task left `open` → `task.completed` / `task.cancelled`;
+  an open task escalated → `task.escalated`, moved to another person → `task.reassigned`.
 
 Events are keyed by (process_id, version, position) and inserted with ON CONFLICT DO NOTHING; a
 transition the store already holds (a retried or duplicated activity) writes none at all. So an
@@ -110,11 +111,20 @@ def _audience_account(view: dict[str, Any]) -> str | None:
     return str(account) if account else None
 
 
+@dataclass(frozen=True)
+class TaskBefore:
+    """What a task's stored row said before the transition."""
+
+    status: str
+    assignee: str | None
+    escalated: bool
+
+
 def events_for(
     t: Transition,
     *,
     previous: ProcessRow | None,
-    previous_task_status: dict[str, str],
+    previous_tasks: dict[str, TaskBefore],
 ) -> list[dict[str, Any]]:
     """The event rows (without `id`/`txid`) one transition produces, given what it replaces."""
     rec = t.record
@@ -126,15 +136,22 @@ def events_for(
     elif _comparable(previous.view) != _comparable(rec.view):
         types.append((f"{rec.process}.updated", rec.process, rec.view, distributor))
     for task in t.tasks:
-        before = previous_task_status.get(task.id)
+        before = previous_tasks.get(task.id)
         now = str(task.status)
         data = task.model_dump(mode="json")
+        audience = task.assignee_partner_id
         if before is None:
-            types.append(("task.opened", rec.process, data, task.assignee_partner_id))
+            types.append(("task.opened", rec.process, data, audience))
             if task.status is not TaskStatus.open:
-                types.append((f"task.{now}", rec.process, data, task.assignee_partner_id))
-        elif before != now and before == TaskStatus.open.value:
-            types.append((f"task.{now}", rec.process, data, task.assignee_partner_id))
+                types.append((f"task.{now}", rec.process, data, audience))
+        elif before.status != now:
+            if before.status == TaskStatus.open.value:
+                types.append((f"task.{now}", rec.process, data, audience))
+        elif task.status is TaskStatus.open:
+            if task.escalated and not before.escalated:
+                types.append(("task.escalated", rec.process, data, audience))
+            if task.assignee != before.assignee:
+                types.append(("task.reassigned", rec.process, data, audience))
     account = _audience_account(rec.view)
     return [
         {
@@ -172,15 +189,17 @@ async def append_events(session: AsyncSession, t: Transition) -> int:
     if previous is not None and previous.version >= rec.version:
         return 0  # already applied (a retry) or superseded: its events exist already
     task_ids = [task.id for task in t.tasks]
-    previous_task_status: dict[str, str] = {}
+    previous_tasks: dict[str, TaskBefore] = {}
     if task_ids:
         rows = await session.exec(
-            select(TaskRow.id, TaskRow.status).where(col(TaskRow.id).in_(task_ids))
+            select(TaskRow.id, TaskRow.status, TaskRow.assignee, TaskRow.escalated).where(
+                col(TaskRow.id).in_(task_ids)
+            )
         )
-        previous_task_status = {task_id: status for task_id, status in rows.all()}
+        previous_tasks = {r[0]: TaskBefore(r[1], r[2], bool(r[3])) for r in rows.all()}
     written = 0
     txid = _txid_expression(session)
-    for values in events_for(t, previous=previous, previous_task_status=previous_task_status):
+    for values in events_for(t, previous=previous, previous_tasks=previous_tasks):
         stmt = _insert(session).values(txid=txid, **values)
         stmt = stmt.on_conflict_do_nothing(index_elements=["process_id", "version", "position"])
         result = await session.exec(stmt)

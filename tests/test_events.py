@@ -81,6 +81,19 @@ async def whole_feed(
     return [public_event(r) for r in rows]
 
 
+async def settled_feed(
+    sessions: async_sessionmaker[AsyncSession], count: int
+) -> list[dict[str, Any]]:
+    """The whole feed once it holds `count` events. On PostgreSQL an event is served once every
+    older transaction on the server has finished (store.events), and this server is shared."""
+
+    async def probe() -> list[dict[str, Any]] | None:
+        feed = await whole_feed(sessions)
+        return feed if len(feed) >= count else None
+
+    return await eventually(probe, timeout=60, what=f"{count} events in the feed")
+
+
 async def paged_feed(
     sessions: async_sessionmaker[AsyncSession], after: str | None, limit: int
 ) -> list[dict[str, Any]]:
@@ -107,28 +120,34 @@ async def test_events_follow_status_and_task_changes(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """`<process>.<status>` on a status change, `.updated` on a view change without one,
-    `task.opened` / `task.completed` as tasks move; nothing for a transition that changes
-    nothing visible; `occurred_at` in UTC with Z; `data` the view after the change."""
+    `task.opened` / `.escalated` / `.reassigned` / `.completed` as tasks move; nothing for a
+    transition that changes nothing visible; `occurred_at` in UTC with Z; `data` the view after
+    the change."""
     await apply(sessions, transition("po-a", 1, "submitted"))
     await apply(sessions, transition("po-a", 2, "in_review", tasks=[review_task("po-a")]))
     await apply(sessions, transition("po-a", 3, "in_review", tasks=[review_task("po-a")]))
     await apply(
         sessions, transition("po-a", 4, "in_review", tasks=[review_task("po-a")], amount="90.00")
     )
-    done = review_task("po-a", TaskStatus.completed)
-    await apply(sessions, transition("po-a", 5, "approved", tasks=[done]))
-    feed = await whole_feed(sessions)
+    moved = review_task("po-a").model_copy(update={"assignee": "pdm-wang", "escalated": True})
+    await apply(sessions, transition("po-a", 5, "in_review", tasks=[moved], amount="90.00"))
+    done = moved.model_copy(update={"status": TaskStatus.completed})
+    await apply(sessions, transition("po-a", 6, "approved", tasks=[done], amount="90.00"))
+    feed = await settled_feed(sessions, 8)
     assert [e["type"] for e in feed] == [
         "opportunity.submitted",
         "opportunity.in_review",
         "task.opened",
         "opportunity.updated",
+        "task.escalated",
+        "task.reassigned",
         "opportunity.approved",
         "task.completed",
     ]
     assert feed[0]["occurred_at"] == "2026-11-30T08:00:01Z"
-    assert feed[4]["data"]["status"] == "approved"
-    assert feed[5]["data"]["status"] == "completed"
+    assert feed[5]["data"]["assignee"] == "pdm-wang"
+    assert feed[6]["data"]["status"] == "approved"
+    assert feed[7]["data"]["status"] == "completed"
     assert {e["partner_id"] for e in feed} == {"p-acme"}
     assert [e["id"] for e in feed] == sorted(e["id"] for e in feed)
 
@@ -145,7 +164,7 @@ async def test_events_exist_once_however_often_a_transition_is_applied(
     await asyncio.gather(apply(sessions, second), apply(sessions, second))
     await apply(sessions, first)  # stale: the store is past it
     await apply(sessions, second)
-    feed = await whole_feed(sessions)
+    feed = await settled_feed(sessions, 3)
     assert [(e["type"], e["process_id"]) for e in feed] == [
         ("opportunity.submitted", "po-b"),
         ("opportunity.in_review", "po-b"),
@@ -167,7 +186,7 @@ async def test_an_event_is_written_with_its_change_or_not_at_all(
             raise Boom
     assert await whole_feed(sessions) == []
     await apply(sessions, transition("po-c", 1, "submitted"))
-    assert [e["type"] for e in await whole_feed(sessions)] == ["opportunity.submitted"]
+    assert [e["type"] for e in await settled_feed(sessions, 1)] == ["opportunity.submitted"]
 
 
 async def test_r_x_8_events_addressed_to_an_account_or_a_distributor_reach_them_only(
@@ -187,6 +206,7 @@ async def test_r_x_8_events_addressed_to_an_account_or_a_distributor_reach_them_
     application.tasks = [review]
     await apply(sessions, invitation)
     await apply(sessions, application)
+    await settled_feed(sessions, 3)
 
     async def seen(scope: EventScope) -> set[tuple[str, str]]:
         return {(e["process_id"], e["type"]) for e in await whole_feed(sessions, scope)}
@@ -215,7 +235,7 @@ async def test_feed_resumed_from_any_cursor_equals_the_feed_read_in_one_go(
         await apply(sessions, transition(pid, 1, "submitted", partner_id=f"p-{n % 3}"))
         if n % 2:
             await apply(sessions, transition(pid, 2, "in_review", tasks=[review_task(pid)]))
-    feed = await whole_feed(sessions)
+    feed = await settled_feed(sessions, 12 + 6 * 2)
     assert len(feed) == 12 + 6 * 2
     ids = [e["id"] for e in feed]
     assert len(set(ids)) == len(ids)
@@ -241,8 +261,8 @@ async def test_an_event_committing_after_a_newer_id_is_not_skipped(
         seen = await paged_feed(sessions, None, 1)
         assert seen == []  # B is committed, but A (older) is still open: nothing served yet
         await a.commit()
+    feed = await settled_feed(sessions, 2)
     rest = await paged_feed(sessions, seen[-1]["id"] if seen else None, 1)
-    feed = await whole_feed(sessions)
     assert seen + rest == feed
     assert [e["process_id"] for e in feed] == ["po-late", "po-early"]
 
@@ -292,7 +312,7 @@ async def test_feed_read_while_concurrent_writers_commit_skips_and_repeats_nothi
         await eventually(caught_up, timeout=60, interval=0.001, what="the reader to catch up")
 
     await asyncio.gather(reader(), *(writer(w) for w in range(writers)))
-    feed = await whole_feed(sessions)
+    feed = await settled_feed(sessions, expected)
     assert len(feed) == expected
     assert collected == feed
 

@@ -24,8 +24,9 @@ class EventPublic(BaseModel):
     """One committed state change. `id` is opaque and increasing: the feed's cursor and a
     webhook delivery's `webhook-id`. `type` is `<process>.<status>` (`opportunity.approved`),
     `<process>.updated` (the public view changed, the status did not) or `task.opened` /
-    `task.completed` / `task.cancelled`. `occurred_at` is UTC (`Z`); `data` is the process's
-    public view after the change, or the task for task events."""
+    `task.completed` / `task.cancelled` / `task.escalated` / `task.reassigned`. `occurred_at`
+    is UTC (`Z`); `data` is the process's public view after the change, or the task for task
+    events."""
 
     id: str
     type: str
