@@ -21,9 +21,13 @@ transaction is older than the oldest transaction still running
 below that horizon has finished, and every row that becomes servable later has a `txid` at or
 above it, so later rows always sort after everything already served: nothing is skipped, nothing
 repeats, and one process's events keep their order (its transitions commit one after another).
-The cost: an event waits for older transactions still open anywhere on the server (ours are
-short). Writers are never serialised. On SQLite writers are serialised by the database's write
-lock, ids are assigned in commit order, `txid` is 0 and `id` alone orders.
+The cost: an event waits for every older transaction that has written and is still open
+anywhere on the PostgreSQL server (other databases included: transaction ids are server-wide), so
+a long write transaction, or a session left idle in one, delays the feed and webhooks until it
+ends. Ours are short. The alternative, serialising event inserts behind a lock held to commit,
+would make the ids follow commit order with no such delay, but would also serialise every
+transition's commit; we chose to keep writers parallel. On SQLite writers are serialised by the
+database's write lock, ids are assigned in commit order, `txid` is 0 and `id` alone orders.
 
 The public event id is `evt_` + 16 hex digits of `txid` + 16 of `id`: opaque, increasing in feed
 order, the feed's cursor and a webhook delivery's `webhook-id`.
