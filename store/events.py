@@ -216,28 +216,49 @@ async def append_events(session: AsyncSession, t: Transition) -> int:
 
 @dataclass(frozen=True)
 class EventScope:
-    """Whose events: everything (`everything`), or one partner's and/or one account's.
+    """Whose events a reader sees; the union of what each field admits. The API builds it from
+    the access policy (`api.routes.events.event_scope`, R-X-8):
 
-    A partner's events are its own processes' and those addressed to it (a reseller's
-    application to this distributor); an account's are the invitations and dissociations
-    addressed to it.
+    - `everything`: all events (an ops admin's webhook subscription);
+    - `kinds`: events of these process kinds (staff roles that read them);
+    - `partner_id`: one partner's own processes' events;
+    - `addressed_partner_id`: events addressed to a partner (a reseller's application to a
+      distributor, and the review task offered to it);
+    - `account_id` (with `account_kinds`): events of processes addressed to a personal account.
     """
 
     everything: bool = False
+    kinds: frozenset[str] = frozenset()
     partner_id: str | None = None
+    addressed_partner_id: str | None = None
     account_id: str | None = None
+    account_kinds: frozenset[str] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.everything
+            or self.kinds
+            or self.partner_id
+            or self.addressed_partner_id
+            or self.account_id
+        )
 
     def clause(self) -> Any:
         if self.everything:
             return sa.true()
         clauses: list[Any] = []
+        if self.kinds:
+            clauses.append(col(Event.process).in_(sorted(self.kinds)))
         if self.partner_id is not None:
-            clauses += [
-                col(Event.partner_id) == self.partner_id,
-                col(Event.audience_partner_id) == self.partner_id,
-            ]
+            clauses.append(col(Event.partner_id) == self.partner_id)
+        if self.addressed_partner_id is not None:
+            clauses.append(col(Event.audience_partner_id) == self.addressed_partner_id)
         if self.account_id is not None:
-            clauses.append(col(Event.audience_account_id) == self.account_id)
+            own = col(Event.audience_account_id) == self.account_id
+            if self.account_kinds:
+                own = sa.and_(own, col(Event.process).in_(sorted(self.account_kinds)))
+            clauses.append(own)
         return sa.or_(*clauses) if clauses else sa.false()
 
 

@@ -213,14 +213,17 @@ async def test_r_x_8_events_addressed_to_an_account_or_a_distributor_reach_them_
 
     assert await seen(EventScope(account_id="acct-9")) == {("inv-1", "invitation.pending")}
     assert await seen(EventScope(account_id="acct-other")) == set()
-    assert await seen(EventScope(partner_id="p-bright")) == {
+    assert await seen(EventScope(addressed_partner_id="p-bright")) == {
         ("res-1", "reseller_application.submitted"),
         ("res-1", "task.opened"),
     }
     assert await seen(EventScope(partner_id="p-relay")) == await seen(
-        EventScope(partner_id="p-bright")
+        EventScope(addressed_partner_id="p-bright")
     )
-    assert await seen(EventScope(partner_id="p-cobalt")) == set()
+    assert await seen(EventScope(partner_id="p-bright")) == set()
+    assert await seen(EventScope(kinds=frozenset({"invitation"}))) == {
+        ("inv-1", "invitation.pending")
+    }
     assert len(await seen(EventScope(everything=True))) == 3
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep
 from api.errors import ApiError, ErrorEnvelope
@@ -46,18 +48,29 @@ class EventPage(BaseModel):
 
 
 def event_scope(principal: Principal) -> EventScope:
-    """Whose events a caller sees (R-X-8): a token with `partner_id` its partner's only,
-    whatever its roles; staff everything; a personal account what is addressed to it.
+    """Whose events a caller sees: the events of the processes the access policy lets it read
+    (R-X-8, `api.access`). A partner-scoped token: its own partner's (and, with `distributor`,
+    those addressed to its partner); staff: the process kinds its roles read (`ops_admin`: all);
+    a personal account: the invitations and dissociations addressed to it. A task's events go
+    with its process.
 
-    Raises PF.FORBIDDEN for a caller with none of these."""
-    account = principal.sub if principal.has(Role.account) else None
-    if principal.partner_id is not None:
-        return EventScope(partner_id=principal.partner_id, account_id=account)
-    if principal.is_staff:
-        return EventScope(everything=True)
-    if account is not None:
-        return EventScope(account_id=account)
-    raise ApiError("PF.FORBIDDEN", "this token's roles see no events")
+    Raises PF.FORBIDDEN for a caller who may read none."""
+    roles = access.effective_roles(principal)
+    scope = EventScope(
+        account_id=principal.sub if Role.account in roles else None,
+        account_kinds=access.ACCOUNT_PROCESSES,
+    )
+    if access.is_partner_scoped(principal):
+        if access.sees_own_partner(principal):
+            scope = replace(scope, partner_id=principal.partner_id)
+        if Role.distributor in roles:
+            scope = replace(scope, addressed_partner_id=principal.partner_id)
+    else:
+        kinds = {k for k, readers in access.PROCESS_READERS.items() if roles & readers}
+        scope = replace(scope, kinds=frozenset(kinds))
+    if scope.empty:
+        raise ApiError("PF.FORBIDDEN", "this token's roles read no process, so no events")
+    return scope
 
 
 def parse_cursor(after: str | None) -> tuple[int, int] | None:

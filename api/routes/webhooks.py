@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.webhooks import WebhookUrlRefused, check_webhook_url
+from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep, SettingsDep
 from api.errors import ApiError, ErrorEnvelope
@@ -136,10 +137,10 @@ def subscriber_scope(principal: Principal) -> str | None:
 
     Raises PF.FORBIDDEN unless the caller is a partner admin or an ops admin (R-X-8: a token
     with `partner_id` only ever its own partner's)."""
-    if principal.partner_id is not None:
-        if principal.has(Role.partner_admin):
+    if access.is_partner_scoped(principal):
+        if access.has_role(principal, Role.partner_admin):
             return principal.partner_id
-    elif principal.has(Role.ops_admin):
+    elif access.has_role(principal, Role.ops_admin):
         return None
     raise ApiError(
         "PF.FORBIDDEN", "only a partner's admins (partner_admin) or ops_admin manage webhooks"
