@@ -400,6 +400,12 @@ async def test_r_x_8_feed_shows_a_po_review_to_its_partner_and_staff_only(stack:
     staff_feed = await feed_of(stack.http, actors.pdm_li)
     assert [e for e in staff_feed if e["process_id"] == po["id"]] == mine
     assert all(e["partner_id"] != "p-acme" for e in await feed_of(stack.http, actors.bright))
+    # staff roles see the kinds they read (finance: incentives, not POs); staff roles on a
+    # partner's token count for nothing
+    finance = stack.auth("fin-1", ["finance"])
+    assert all(e["process"] == "incentive" for e in await feed_of(stack.http, finance))
+    posing = stack.auth("ops-x", ["ops_admin"], "p-bright")
+    assert all(e["partner_id"] != "p-acme" for e in await feed_of(stack.http, posing))
 
     whole = await feed_of(stack.http, actors.admin)
     for cut in range(0, len(whole), max(1, len(whole) // 7)):
