@@ -263,7 +263,7 @@ WORKFLOW_ID_PARAMS = frozenset(
     {"po_id", "cert_id", "inc_id", "inv_id", "cinv_id", "dis_id", "app_id", "process_id"}
 )
 TASK_ID_PARAM = "task_id"
-OTHER_ID_PARAMS = frozenset({"partner_id", "account_id"})
+OTHER_ID_PARAMS = frozenset({"partner_id", "account_id", "subscription_id"})
 
 
 def _subject(path_params: dict[str, object]) -> dict[str, str]:

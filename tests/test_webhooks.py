@@ -25,6 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug import Request, Response
 
 from activities.webhooks import WebhookSender, WebhookUrlRefused, check_webhook_url
+from api.main import create_app
 from config import Environment, Webhooks
 from store.db import transaction
 from store.models import OutboxMessage, WebhookDelivery, utcnow
@@ -523,3 +524,49 @@ async def test_events_committed_while_no_sender_ran_are_delivered_once_by_two_se
     await senders[0].run_once()
     again = [d for d in receiver.at("/hook/7") if d.webhook_id == row.event_id]
     assert len(again) == 2 and again[0].body == again[1].body
+
+
+async def test_r_x_8_every_subscription_route_is_its_partners_only(
+    stack: Stack, subscriptions: list[tuple[str, dict[str, str]]]
+) -> None:
+    """Every route under /v1/webhook-subscriptions/{subscription_id}, taken from the OpenAPI:
+    without a token 401; another partner's admin, a partner member, staff other than ops, and
+    staff roles on another partner's token get 403/404 in the envelope, never the subscription;
+    its partner's admin and ops_admin get through."""
+    spec = create_app(stack.settings).openapi()
+    routes = [
+        (method.upper(), template)
+        for template, operations in spec["paths"].items()
+        if template.startswith("/v1/webhook-subscriptions/{")
+        for method in operations
+    ]
+    assert ("GET", "/v1/webhook-subscriptions/{subscription_id}/deliveries") in routes
+    assert ("DELETE", "/v1/webhook-subscriptions/{subscription_id}") in routes
+    actors = Actors(stack)
+    sub = await subscribe(stack, subscriptions, actors.acme, "http://127.0.0.1:9/hook")
+    refused = {
+        "another partner's admin": actors.bright,
+        "a partner member": actors.acme_member,
+        "staff other than ops": actors.pdm_li,
+        "ops_admin on another partner's token": stack.auth("ops-x", ["ops_admin"], "p-bright"),
+    }
+    for method, template in routes:
+        path = template.replace("{subscription_id}", sub["id"])
+        r = await stack.http.request(method, path)
+        assert r.status_code == 401, (method, path, r.status_code)
+        for who, headers in refused.items():
+            r = await stack.http.request(method, path, headers=headers)
+            assert r.status_code in (403, 404), (who, method, path, r.text)
+            assert set(r.json()) == {"error_code", "error_msg", "details"}
+            assert sub["url"] not in r.text
+    # the owner and ops get through; deleting last
+    for method, template in sorted(routes, key=lambda mt: mt[0] == "DELETE"):
+        path = template.replace("{subscription_id}", sub["id"])
+        for headers in (actors.admin, actors.acme):
+            if method == "DELETE" and headers is actors.admin:
+                continue
+            r = await stack.http.request(method, path, headers=headers)
+            assert r.status_code < 300, (method, path, r.text)
+    # and a partner lists only its own subscriptions
+    listed = await stack.http.get("/v1/webhook-subscriptions", headers=actors.bright)
+    assert sub["id"] not in listed.text
