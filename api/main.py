@@ -12,14 +12,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from api.business_metrics import BusinessMetrics
 from api.errors import envelope, install_error_handlers
 from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
+from api.openapi import install_openapi, operation_id
 from api.routes import (
     admin,
     certifications,
+    comments,
     customers,
     events,
     health,
     incentives,
     invitations,
+    lists,
     opportunities,
     resellers,
     tasks,
@@ -64,6 +67,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
 
@@ -93,10 +97,13 @@ def create_app(
         customers,
         resellers,
         incentives,
+        lists,
+        comments,
         events,
         webhooks,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 
