@@ -42,6 +42,30 @@ class RateLimit(BaseModel):
     )
 
 
+class Webhooks(BaseModel):
+    """Webhook delivery (issue 13): the worker's sender loop, retries and when to give up.
+
+    Times are seconds. A delivery is retried with exponential backoff (doubling from
+    `base_backoff_seconds`, capped at `max_backoff_seconds`, each wait scaled by a random factor
+    in [1 - jitter, 1]); a subscription is disabled, and its owner e-mailed, after
+    `disable_after_failures` failed attempts in a row or when it has failed for
+    `disable_after_seconds` without one success. After a secret rotation, deliveries carry
+    signatures by both secrets for `rotation_grace_seconds`.
+    """
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    base_backoff_seconds: float = Field(default=5.0, gt=0)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+    disable_after_failures: int = Field(default=100, ge=1)
+    disable_after_seconds: float = Field(default=3 * 86400.0, gt=0)
+    rotation_grace_seconds: float = Field(default=86400.0, ge=0)
+    claim_lease_seconds: float = Field(default=300.0, gt=0)
+    concurrency: int = Field(default=10, ge=1, le=100)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PARTNERFLOW_", env_nested_delimiter="__", extra="ignore"
@@ -93,6 +117,7 @@ class Settings(BaseSettings):
     )
     rate_limit: RateLimit = RateLimit()
     policy: Policy = Policy()
+    webhooks: Webhooks = Webhooks()
 
     @model_validator(mode="after")
     def _refuse_development_secret_in_production(self) -> Self:

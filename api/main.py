@@ -18,6 +18,7 @@ from api.routes import (
     certifications,
     comments,
     customers,
+    events,
     health,
     incentives,
     invitations,
@@ -25,6 +26,7 @@ from api.routes import (
     opportunities,
     resellers,
     tasks,
+    webhooks,
 )
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
@@ -99,6 +101,8 @@ def create_app(
         incentives,
         lists,
         comments,
+        events,
+        webhooks,
     ):
         app.include_router(module.router)
     install_openapi(app)

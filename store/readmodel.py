@@ -20,6 +20,7 @@ from domain.opportunity import (
 )
 from domain.projection import Transition
 from domain.summaries import process_addressee, process_summary, search_text
+from store.events import append_events
 from store.models import (
     AuditEvent,
     Offering,
@@ -65,7 +66,7 @@ def notification_key(process_id: str, version: int, position: int) -> str:
 
 
 async def apply_transition(session: AsyncSession, t: Transition) -> None:
-    """Write one transition: process row, its tasks, audit rows, outbox rows. Idempotent.
+    """Write one transition: its events, process row, tasks, audit rows, outbox rows. Idempotent.
 
     Rows move only forward (`version`), audit rows and outbox rows are keyed by the transition's
     version, so a retried or replayed activity leaves the store as one run would. A row belongs
@@ -74,6 +75,9 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
     transaction is rolled back.
     """
     rec = t.record
+    # first: the events compare this transition with the rows it is about to replace (and, on
+    # SQLite, this takes the write lock before any read: see store.events)
+    await append_events(session, t)
     partner_name = None
     if rec.partner_id is not None:
         partner_name = (
