@@ -5,21 +5,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep
-from api.errors import ApiError, ErrorEnvelope
+from api.errors import ApiError
+from api.frame import command_router
 from domain.principal import Principal, Role
 from store.events import EventScope, decode_event_id, public_event, read_feed
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 422, 429, 503)
-}
+router = command_router(prefix="/v1/events", tags=["events"])
 
 
 class EventPublic(BaseModel):
@@ -88,7 +85,7 @@ def parse_cursor(after: str | None) -> tuple[int, int] | None:
     return cursor
 
 
-@router.get("", response_model=EventPage, responses=ERRORS)
+@router.get("", response_model=EventPage)
 async def list_events(
     principal: CurrentUser,
     sessions: SessionsDep,

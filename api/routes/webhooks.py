@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Response
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -22,8 +22,8 @@ from activities.webhooks import WebhookUrlRefused, check_webhook_url
 from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep, SettingsDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
+from api.errors import ApiError
+from api.frame import command_router
 from config import Environment
 from domain.events import unknown_patterns
 from domain.principal import Principal, Role
@@ -32,11 +32,7 @@ from store.events import utc_z
 from store.models import WebhookDelivery, WebhookSubscription, utcnow
 from store.webhooks import ACTIVE, DISABLED, create_subscription, rotate
 
-router = APIRouter(prefix="/v1/webhook-subscriptions", tags=["webhooks"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="/v1/webhook-subscriptions", tags=["webhooks"])
 
 
 class WebhookSubscriptionCreate(BaseModel):
@@ -172,14 +168,12 @@ async def _load(
     return sub
 
 
-@router.post("", status_code=201, response_model=WebhookSubscriptionPublic, responses=ERRORS)
+@router.post("", status_code=201, response_model=WebhookSubscriptionPublic)
 async def create_webhook_subscription(
     body: WebhookSubscriptionCreate,
-    request: Request,
     principal: CurrentUser,
     sessions: SessionsDep,
     settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Subscribe `url` to `event_types`; deliveries start with the events committed after this.
 
@@ -200,29 +194,18 @@ async def create_webhook_subscription(
     except WebhookUrlRefused as exc:
         raise ApiError("PF.WEBHOOK_URL_REFUSED", str(exc), {"url": url[:200]}) from exc
 
-    async def act() -> dict[str, Any]:
-        async with transaction(sessions) as session:
-            sub = await create_subscription(
-                session,
-                partner_id=partner_id,
-                url=url,
-                event_types=sorted(set(body.event_types)),
-                created_by=principal.sub,
-            )
-        return public(sub, secret=sub.secret)
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=act,
-    )
+    async with transaction(sessions) as session:
+        sub = await create_subscription(
+            session,
+            partner_id=partner_id,
+            url=url,
+            event_types=sorted(set(body.event_types)),
+            created_by=principal.sub,
+        )
+    return public(sub, secret=sub.secret)
 
 
-@router.get("", response_model=WebhookSubscriptionPage, responses=ERRORS)
+@router.get("", response_model=WebhookSubscriptionPage)
 async def list_webhook_subscriptions(principal: CurrentUser, sessions: SessionsDep) -> Any:
     """The caller's partner's subscriptions (ops admin: all), oldest first."""
     async with sessions() as session:
@@ -236,14 +219,14 @@ async def list_webhook_subscriptions(principal: CurrentUser, sessions: SessionsD
     return {"items": [public(s) for s in rows], "next_cursor": None}
 
 
-@router.get("/{subscription_id}", response_model=WebhookSubscriptionPublic, responses=ERRORS)
+@router.get("/{subscription_id}", response_model=WebhookSubscriptionPublic)
 async def get_webhook_subscription(
     subscription_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
     return public(await _load(sessions, principal, subscription_id))
 
 
-@router.delete("/{subscription_id}", status_code=204, responses=ERRORS)
+@router.delete("/{subscription_id}", status_code=204)
 async def delete_webhook_subscription(
     subscription_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Response:
@@ -263,54 +246,37 @@ async def delete_webhook_subscription(
     return Response(status_code=204)
 
 
-@router.post(
-    "/{subscription_id}/rotate-secret", response_model=WebhookSubscriptionPublic, responses=ERRORS
-)
+@router.post("/{subscription_id}/rotate-secret", response_model=WebhookSubscriptionPublic)
 async def rotate_webhook_secret(
     subscription_id: str,
-    request: Request,
     principal: CurrentUser,
     sessions: SessionsDep,
     settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """A new signing secret, shown once. Until `previous_secret_expires_at`
     (`WEBHOOKS__ROTATION_GRACE_SECONDS`) deliveries carry a signature by each secret, so a
     receiver that still checks the old one loses nothing while it switches."""
     await _load(sessions, principal, subscription_id)
 
-    async def act() -> dict[str, Any]:
-        async with transaction(sessions) as session:
-            sub = (
-                await session.exec(
-                    select(WebhookSubscription)
-                    .where(WebhookSubscription.id == subscription_id)
-                    .with_for_update()
-                )
-            ).first()
-            if sub is None:
-                raise ApiError(
-                    "PF.WEBHOOK_SUBSCRIPTION_NOT_FOUND",
-                    f"no webhook subscription {subscription_id}",
-                )
-            secret = rotate(sub, grace=timedelta(seconds=settings.webhooks.rotation_grace_seconds))
-            session.add(sub)
-        return public(sub, secret=secret)
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body={},
-        status_code=200,
-        action=act,
-    )
+    async with transaction(sessions) as session:
+        sub = (
+            await session.exec(
+                select(WebhookSubscription)
+                .where(WebhookSubscription.id == subscription_id)
+                .with_for_update()
+            )
+        ).first()
+        if sub is None:
+            raise ApiError(
+                "PF.WEBHOOK_SUBSCRIPTION_NOT_FOUND",
+                f"no webhook subscription {subscription_id}",
+            )
+        secret = rotate(sub, grace=timedelta(seconds=settings.webhooks.rotation_grace_seconds))
+        session.add(sub)
+    return public(sub, secret=secret)
 
 
-@router.post(
-    "/{subscription_id}/enable", response_model=WebhookSubscriptionPublic, responses=ERRORS
-)
+@router.post("/{subscription_id}/enable", response_model=WebhookSubscriptionPublic)
 async def enable_webhook_subscription(
     subscription_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -359,7 +325,7 @@ def _delivery(row: WebhookDelivery) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-@router.get("/{subscription_id}/deliveries", response_model=DeliveryPage, responses=ERRORS)
+@router.get("/{subscription_id}/deliveries", response_model=DeliveryPage)
 async def list_webhook_deliveries(
     subscription_id: str,
     principal: CurrentUser,
