@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -194,6 +196,20 @@ class PayoutData(BaseModel):
     reference: Ref
 
 
+class QualifiedData(BaseModel):
+    """R-INC-8: when the paper invoice was received (ISO 8601 with an offset, stored in UTC);
+    not in the future, not before the invoice was submitted; omitted: now. It starts the payout
+    clock (R-INC-9: `payout_due_at = received_at + payout_sla`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    received_at: AwareDatetime | None = None
+
+    @field_validator("received_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+
 INC_REVIEW = TaskKind(
     name="inc.review",
     outcomes={
@@ -204,7 +220,10 @@ INC_REVIEW = TaskKind(
 )
 INC_INVOICE_CHECK = TaskKind(
     name="inc.invoice_check",
-    outcomes={"qualified": OutcomeSpec(), "unqualified": OutcomeSpec(comment_required=True)},
+    outcomes={
+        "qualified": OutcomeSpec(data_model=QualifiedData),
+        "unqualified": OutcomeSpec(comment_required=True),
+    },
     reassign_roles=frozenset({Role.finance_lead, Role.ops_admin}),
 )
 INC_PAYOUT = TaskKind(
@@ -213,6 +232,13 @@ INC_PAYOUT = TaskKind(
     reassign_roles=frozenset({Role.finance_lead, Role.ops_admin}),
 )
 INC_TASK_KINDS = {kind.name: kind for kind in (INC_REVIEW, INC_INVOICE_CHECK, INC_PAYOUT)}
+# R-X-5: who may act on an incentive task once it is assigned to a person (after a reassignment
+# the task names a person, not a role; the person's token must still carry one of these).
+ACTING_ROLES: dict[str, frozenset[Role]] = {
+    INC_REVIEW.name: frozenset({Role.incentive_reviewer}),
+    INC_INVOICE_CHECK.name: frozenset({Role.finance, Role.finance_lead}),
+    INC_PAYOUT.name: frozenset({Role.finance, Role.finance_lead}),
+}
 
 
 # --- workflow input and commands ----------------------------------------------------------------
@@ -302,6 +328,7 @@ class InvoiceCheck(BaseModel):
     by: str
     at: datetime
     reason: str | None = None
+    received_at: datetime | None = None  # R-INC-8, qualified only
 
 
 class Payout(BaseModel):
@@ -338,6 +365,9 @@ class IncentiveView(BaseModel):
     invoice_number: str | None = None
     invoice_checks: list[InvoiceCheck] = Field(default_factory=list)
     qualified_at: datetime | None = None
+    invoice_submitted_at: datetime | None = None  # R-INC-8: the invoice check's clock starts
+    invoice_check_due_at: datetime | None = None  # R-INC-8
+    received_at: datetime | None = None  # R-INC-9: the payout clock starts
     payout_due_at: datetime | None = None
     payout_breached: bool = False
     payout: Payout | None = None

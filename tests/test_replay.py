@@ -85,7 +85,14 @@ async def test_full_po_history_replays(stack: Stack) -> None:
         stack.http, a.dispatcher, po["open_task_id"], "dispatch", data={"pdm": "pdm-wang"}
     )
     view = (await stack.http.get(f"/v1/opportunities/{po['id']}", headers=a.cobalt)).json()
-    await complete(stack.http, a.pdm_wang, view["open_task_id"], "return", comment="more info")
+    await complete(
+        stack.http,
+        a.pdm_wang,
+        view["open_task_id"],
+        "return",
+        comment="more info",
+        data={"criteria": ALL_PASS},  # R-PO-10: on every outcome
+    )
     body = {
         k: view[k]
         for k in (
