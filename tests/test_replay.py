@@ -66,6 +66,8 @@ def test_histories_are_committed() -> None:
         "incentive_invoice_clock_four_eyes",
         "opportunity_rules_round2",
         "dissociation_lapsed",
+        # tests/test_certification.py TestClarification (R-CERT-3)
+        "certification_clarification",
     } <= labels, labels
 
 
