@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from domain.incentive_caps import CapDecision, CapFacts, cap_for
+from domain.incentive_caps import CapDecision, CapFacts, HeldLabel, cap_for
 from domain.policy import Policy
 from domain.principal import Role
 from domain.tasks import Command, OutcomeSpec, TaskKind
@@ -412,6 +412,8 @@ class SourceFacts(BaseModel):
     certifications: list[str] = Field(default_factory=list)
     opportunity: OpportunityFacts | None = None
     certification: CertificationFacts | None = None
+    # a service partner's capability labels valid now (its cap, R-INC-2)
+    labels: list[HeldLabel] = Field(default_factory=list)
 
 
 def eligibility_refusal(
@@ -468,10 +470,20 @@ def eligibility_refusal(
                     "valid_until": cert.valid_until.isoformat() if cert.valid_until else None,
                 },
             )
+        if cert.level != 1:
+            # R-INC-1: the application cites a level-1 label; level-2 labels set the cap
+            return Refusal(
+                code="PF.LABEL_LEVEL_NOT_ELIGIBLE",
+                message=f"a capability-label application cites a level-1 label; "
+                f"{app.certification_id} is level {cert.level} (level-2 labels set the cap)",
+                details={"level": cert.level},
+            )
     return None
 
 
 def cap_of(app: IncentiveCreate, facts: SourceFacts, policy: Policy) -> CapDecision:
+    """R-INC-2: the application's reference maximum from the policy's table (see `cap_for`;
+    a service partner's from its valid level-2 labels, else the cited level-1 label)."""
     cert = facts.certification if app.source is IncentiveSource.capability_label else None
     return cap_for(
         policy.incentive_caps,
@@ -482,6 +494,7 @@ def cap_of(app: IncentiveCreate, facts: SourceFacts, policy: Policy) -> CapDecis
             certifications=facts.certifications,
             label_subject=cert.subject if cert else None,
             label_level=cert.level if cert else None,
+            labels=facts.labels,
         ),
     )
 

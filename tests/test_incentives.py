@@ -482,13 +482,14 @@ class TestSources:
 
     async def test_r_inc_1_capability_label_certified_this_year(self, stack: Stack) -> None:
         p = await new_partner(stack, "service", tier=None)
-        cert_id = await insert_certification(stack, p.id, subject="data-migration", level=2)
+        cert_id = await insert_certification(stack, p.id, subject="data-migration", level=1)
         inc = await apply(
             stack.http,
             p.member,
-            {"source": "capability_label", "certification_id": cert_id, "amount": "50000.00"},
+            {"source": "capability_label", "certification_id": cert_id, "amount": "20000.00"},
         )
-        assert inc["program"] == "service/level-2" and inc["cap"] == "50000.00"
+        # no level-2 label: the cited level-1 label's entry is the cap (R-INC-2)
+        assert inc["program"] == "service/level-1" and inc["cap"] == "20000.00"
         assert inc["source_details"]["subject"] == "data-migration"
         r = await stack.http.post(
             "/v1/incentives",
@@ -525,7 +526,7 @@ class TestSources:
     ) -> None:
         """R-CERT-7: incentives that depend on an expired label are no longer eligible."""
         p = await new_partner(stack, "service", tier=None)
-        cert_id = await insert_certification(stack, p.id)
+        cert_id = await insert_certification(stack, p.id, level=1)
         inc = await apply(
             stack.http,
             p.admin,
@@ -538,7 +539,9 @@ class TestSources:
             "approve",
             data={"amount": "100.00"},
         )
-        await insert_certification(stack, p.id, status="expired", version=2, cert_id=cert_id)
+        await insert_certification(
+            stack, p.id, level=1, status="expired", version=2, cert_id=cert_id
+        )
         r = await stack.http.post(f"/v1/incentives/{inc['id']}/payment-request", headers=p.admin)
         refused(r, 409, "PF.LABEL_NO_LONGER_CERTIFIED")
         assert (await get_inc(stack, p.admin, inc["id"]))["status"] == "pending_payment_application"
@@ -666,22 +669,50 @@ class TestCaps:
         inc = await apply(stack.http, p.admin, funding_head("80000.00"))
         assert inc["program"] == "software/advanced_cloud_software"
 
-    async def test_r_inc_2_service_partner_cap_per_level_2_label(self, stack: Stack) -> None:
-        p = await new_partner(stack, "service", tier=None)
-        level_2 = await insert_certification(stack, p.id, subject="migration", level=2)
-        level_1 = await insert_certification(stack, p.id, subject="ops", level=1)
-        r = await stack.http.post(
-            "/v1/incentives",
-            json={"source": "capability_label", "certification_id": level_2, "amount": "50000.01"},
-            headers=p.admin,
+    async def test_r_inc_1_r_inc_2_service_partner_cites_level_1_paid_by_level_2_labels(
+        self, stack: Stack
+    ) -> None:
+        """R-INC-1: the application cites a level-1 label certified this year (a level-2 label
+        is not cited); R-INC-2: the cap is the largest configured entry among the partner's
+        valid level-2 labels, else the cited level-1 label's; the same gives Funding Head's."""
+        caps = IncentiveCaps(
+            service={
+                "level-1": Decimal("20000.00"),
+                "level-2": Decimal("50000.00"),
+                "big-data": Decimal("90000.00"),
+            }
         )
-        refused(r, 422, "PF.INCENTIVE_OVER_CAP")
-        r = await stack.http.post(
-            "/v1/incentives",
-            json={"source": "capability_label", "certification_id": level_1, "amount": "1.00"},
-            headers=p.admin,
-        )
-        assert refused(r, 422, "PF.NO_INCENTIVE_CAP")["details"]["program"] == "service/ops"
+        policy = Policy(incentive_caps=caps)
+        clock = [datetime.now(UTC)]
+        async with api_at(stack, clock, policy) as http:
+            p = await new_partner(stack, "service", tier=None)
+            ops = await insert_certification(stack, p.id, subject="ops", level=1)
+            clock[0] = datetime.now(UTC)
+            body = {"source": "capability_label", "certification_id": ops, "amount": "20000.01"}
+            # no level-2 label: the cited level-1 label's entry
+            r = await http.post("/v1/incentives", json=body, headers=p.admin)
+            assert refused(r, 422, "PF.INCENTIVE_OVER_CAP")["details"]["cap"] == "20000.00"
+            # Funding Head: no level-2 label, the level-1 label's entry
+            inc = await apply(http, p.admin, funding_head("20000.00"))
+            assert inc["program"] == "service/level-1"
+            # with valid level-2 labels the largest of their entries wins
+            migration = await insert_certification(stack, p.id, subject="migration", level=2)
+            await insert_certification(stack, p.id, subject="big-data", level=2)
+            await insert_certification(
+                stack, p.id, subject="expired-one", level=2, status="expired"
+            )
+            clock[0] = datetime.now(UTC)
+            inc = await apply(http, p.admin, {**body, "amount": "90000.00"})
+            assert inc["cap"] == "90000.00" and inc["program"] == "service/big-data"
+            inc = await apply(http, p.admin, funding_head("90000.00"))
+            assert inc["program"] == "service/big-data"
+            # a level-2 label is not what an application cites
+            r = await http.post(
+                "/v1/incentives",
+                json={**body, "certification_id": migration, "amount": "1.00"},
+                headers=p.admin,
+            )
+            refused(r, 409, "PF.LABEL_LEVEL_NOT_ELIGIBLE")
 
     async def test_r_inc_2_partner_without_a_cap_is_refused(self, stack: Stack) -> None:
         p = await new_partner(stack, "reseller", tier=None)
@@ -1337,9 +1368,7 @@ class TestInvoiceClock:
 
 
 class TestFourEyes:
-    async def test_r_x_5_approver_qualifier_and_payer_are_three_people(
-        self, stack: Stack
-    ) -> None:
+    async def test_r_x_5_approver_qualifier_and_payer_are_three_people(self, stack: Stack) -> None:
         staff = Staff(stack)
         both = stack.auth("rev-fin-1", ["incentive_reviewer", "finance"])
         p = await new_partner(stack)
