@@ -6,18 +6,22 @@ real stack, over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from domain.opportunity import customer_key, match_key
 from domain.policy import Policy
+from store.migrate import upgrade
 from store.models import OutboxMessage, ProcessRow
 from tests.conftest import ApiServer, Stack
 from tests.helpers import ALL_PASS, Actors, complete, get_po, po_body, submit
@@ -434,3 +438,36 @@ async def test_r_po_3_r_po_4_r_po_7_r_po_9_r_po_10_history_replays(stack: Stack)
     await replayer().replay_workflow(history)
     if os.environ.get("PARTNERFLOW_RECORD_HISTORIES") == "1":
         (HISTORIES / f"opportunity_rules_round2__{po['id']}.json").write_text(history.to_json())
+
+
+def test_r_po_4_upgrade_rekeys_existing_opportunities(tmp_path: Path) -> None:
+    """Migration 0006: rows and "one open PO" claims written with the old fold get the key the
+    code computes now, so an old "Acme Co., Ltd." and a new "ACME" are duplicates."""
+    url = f"sqlite:///{tmp_path / 'upgrade.db'}"
+    upgrade(url, "0002")
+    engine = sa.create_engine(url)
+    view = {"customer_name": "Acme Co., Ltd.", "project_name": "Data Lake"}
+    old_key = "acmecoltd|datalake"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO processes (id, process, partner_id, status, match_key, version,"
+                " created_at, updated_at, view) VALUES ('po-1', 'opportunity', 'p-a',"
+                " 'approved', :key, 1, '2026-01-01', '2026-01-01', :view)"
+            ),
+            {"key": old_key, "view": json.dumps(view)},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO claims (scope, key, owner_id, created_at)"
+                " VALUES ('po-open', :key, 'po-1', '2026-01-01')"
+            ),
+            {"key": f"p-a|{old_key}"},
+        )
+    upgrade(url, "head")
+    with engine.connect() as conn:
+        key = conn.execute(sa.text("SELECT match_key FROM processes WHERE id = 'po-1'")).scalar()
+        claim = conn.execute(sa.text("SELECT key FROM claims WHERE owner_id = 'po-1'")).scalar()
+    engine.dispose()
+    assert key == match_key("ACME", "data lake") == "acme|datalake"
+    assert claim == f"p-a|{key}"
