@@ -72,7 +72,11 @@ def create_app(
         )
 
     app.add_middleware(
-        GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit
+        GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        rate_limit=settings.rate_limit,
+        jwt_secret=settings.jwt_secret,
+        jwt_leeway_seconds=settings.jwt_leeway_seconds,
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: refusals carry a request id too
     if tracing is not None:

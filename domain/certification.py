@@ -25,6 +25,7 @@ from pydantic import (
 from domain.policy import Policy, add_duration, subtract_duration
 from domain.principal import Role
 from domain.tasks import CarriedProcess, Command, OutcomeSpec, TaskKind
+from domain.values import UtcDateTime
 
 SUBJECT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Subject = Annotated[str, StringConstraints(pattern=SUBJECT_PATTERN)]
@@ -253,8 +254,8 @@ CERT_TASK_KINDS = {kind.name: kind for kind in (CERT_REVIEW, CERT_DEFENSE)}
 class Period(BaseModel):
     """One validity: from a (re)certification pass to `valid_until`, exclusive."""
 
-    passed_at: datetime
-    valid_until: datetime
+    passed_at: UtcDateTime
+    valid_until: UtcDateTime
 
     def covers(self, at: datetime) -> bool:
         return self.passed_at <= at < self.valid_until
@@ -267,19 +268,19 @@ class Notice(BaseModel):
     """A moment of the certificate's calendar the workflow acts on (R-CERT-6/7/8)."""
 
     kind: NoticeKind
-    at: datetime
+    at: UtcDateTime
     state: Literal["scheduled", "sent", "skipped"] = "scheduled"
 
 
 class Defense(BaseModel):
     requested_by: str
-    requested_at: datetime
+    requested_at: UtcDateTime
     reason: str
     # R-CERT-3: set when the partner's PDM or certification operations asked for the partner
     on_behalf_of: str | None = None
-    scheduled_at: datetime | None = None
+    scheduled_at: UtcDateTime | None = None
     meeting: str | None = None
-    held_at: datetime | None = None
+    held_at: UtcDateTime | None = None
     held_by: str | None = None
     minutes: str | None = None
 
@@ -290,18 +291,18 @@ class Clarification(BaseModel):
 
     question: str
     asked_by: str
-    asked_at: datetime
+    asked_at: UtcDateTime
     task_id: str
     answer: str | None = None
     answered_by: str | None = None
-    answered_at: datetime | None = None
+    answered_at: UtcDateTime | None = None
 
 
 class ReviewResult(BaseModel):
     attempt: int
     outcome: Literal["pass", "fail"]
     decided_by: str
-    decided_at: datetime
+    decided_at: UtcDateTime
     comment: str | None = None
     items: list[AssessmentItem]
 
@@ -312,7 +313,7 @@ class Attempt(BaseModel):
     number: int
     kind: Literal["certification", "recertification"]
     submitted_by: str
-    submitted_at: datetime
+    submitted_at: UtcDateTime
     evidence: list[Evidence]
     comment: str | None = None
     defense: Defense | None = None
@@ -351,19 +352,19 @@ class CertificationView(BaseModel):
     subject: str
     level: int | None
     status: CertificationStatus
-    passed_at: datetime | None = None  # the latest pass: validity runs from it
-    valid_until: datetime | None = None
-    window_opens_at: datetime | None = None
+    passed_at: UtcDateTime | None = None  # the latest pass: validity runs from it
+    valid_until: UtcDateTime | None = None
+    window_opens_at: UtcDateTime | None = None
     items: list[AssessmentItem] = Field(default_factory=list)
     result: ReviewResult | None = None
     attempt: Attempt
-    defense_until: datetime | None = None
+    defense_until: UtcDateTime | None = None
     periods: list[Period] = Field(default_factory=list)
     notices: list[Notice] = Field(default_factory=list)
     open_task_id: str | None = None
     submitted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
     def certified_at(self, at: datetime) -> bool:
         return any(p.covers(at) for p in self.periods)

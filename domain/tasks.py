@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from domain.errors import refuse
 from domain.principal import Principal, Role
+from domain.values import UtcDateTime
 
 
 class TaskStatus(StrEnum):
@@ -49,17 +50,17 @@ class HumanTask(BaseModel):
     # With `candidate_role`: only that role's users of this partner (a distributor's reviewers).
     assignee_partner_id: str | None = None
     status: TaskStatus = TaskStatus.open
-    created_at: datetime
+    created_at: UtcDateTime
     sla: str | None = None
-    due_at: datetime | None = None
-    remind_at: datetime | None = None
+    due_at: UtcDateTime | None = None
+    remind_at: UtcDateTime | None = None
     reminded: bool = False
     escalated: bool = False
     escalate_to_role: Role | None = None
     submitted_by: str | None = None
     outcome: str | None = None
     completed_by: str | None = None
-    completed_at: datetime | None = None
+    completed_at: UtcDateTime | None = None
     comment: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -88,7 +89,7 @@ class Command(BaseModel):
     """
 
     actor: Principal
-    not_after: datetime | None = None
+    not_after: UtcDateTime | None = None
 
 
 class CarriedProcess(BaseModel):
@@ -98,8 +99,8 @@ class CarriedProcess(BaseModel):
 
     version: int
     task_seq: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     open_tasks: list[HumanTask] = Field(default_factory=list)
 
 

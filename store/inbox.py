@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from domain.principal import Principal, Role
+from api import access
+from domain.principal import Principal
 from store.db import as_utc
 from store.models import TaskRow
 
@@ -20,33 +21,13 @@ _FAR = datetime(9999, 12, 31)
 
 
 def offered_to(principal: Principal) -> Any:
-    """Unassigned tasks offered to one of the caller's roles; a task offered to a role within one
-    partner (`assignee_partner_id`, e.g. a distributor's review) only to that partner's users."""
-    roles = [str(r) for r in principal.roles]
-    own_partner: Any = col(TaskRow.assignee_partner_id).is_(None)
-    if principal.partner_id is not None:
-        own_partner = sa.or_(own_partner, col(TaskRow.assignee_partner_id) == principal.partner_id)
-    return sa.and_(
-        col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles), own_partner
-    )
+    """Unassigned tasks offered to one of the caller's roles (R-X-8: `api.access`)."""
+    return access.offered_filter(principal)
 
 
 def visible_to(principal: Principal) -> Any:
-    """Staff see tasks assigned to them, offered to one of their roles, or escalated to one of
-    their roles; ops_admin sees all; partner users see their own partner's tasks."""
-    if principal.has(Role.ops_admin):
-        return sa.true()
-    clauses: list[Any] = []
-    if principal.is_staff:
-        roles = [str(r) for r in principal.roles]
-        clauses += [
-            col(TaskRow.assignee) == principal.sub,
-            offered_to(principal),
-            col(TaskRow.escalate_to_role).in_(roles),
-        ]
-    if principal.partner_id is not None and principal.is_partner_user:
-        clauses.append(col(TaskRow.partner_id) == principal.partner_id)
-    return sa.or_(*clauses) if clauses else sa.false()
+    """The tasks the caller may see (R-X-8: decided in `api.access.task_filter`)."""
+    return access.task_filter(principal)
 
 
 def mine(principal: Principal) -> Any:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         dissociation_answered,
     )
     from domain.policy import add_duration
+    from domain.values import utc_iso, utc_text
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import check_fresh
@@ -69,7 +70,7 @@ class Dissociation(ProcessWorkflow):
                     f"{inp.account_id}.\nReason: {inp.reason}\nAnswer with POST "
                     f"/v1/dissociations/{self.process_id}/accept or /decline"
                     + (
-                        f" by {self.lapses_at:%Y-%m-%d %H:%M} UTC; unanswered, the request lapses."
+                        f" by {utc_text(self.lapses_at)}; unanswered, the request lapses."
                         if self.lapses_at
                         else "."
                     ),
@@ -152,8 +153,8 @@ class Dissociation(ProcessWorkflow):
         are told."""
         self.status = S.lapsed
         outcome = (
-            f"account {self.inp.account_id} did not answer by {self.lapses_at:%Y-%m-%d %H:%M} "
-            "UTC; the request lapsed and the association stays as it is"
+            f"account {self.inp.account_id} did not answer by {utc_text(self.lapses_at)}; "
+            "the request lapsed and the association stays as it is"
         )
         await self.commit(
             audit=[
@@ -162,7 +163,7 @@ class Dissociation(ProcessWorkflow):
                     action="dissociation_lapsed",
                     details={
                         "account_id": self.inp.account_id,
-                        "lapses_at": self.lapses_at.isoformat() if self.lapses_at else None,
+                        "lapses_at": utc_iso(self.lapses_at) if self.lapses_at else None,
                     },
                 )
             ],
@@ -225,7 +226,7 @@ class Dissociation(ProcessWorkflow):
 
     def describe(self) -> str:
         if self.status is S.requested:
-            until = f" until {self.lapses_at:%Y-%m-%d %H:%M} UTC" if self.lapses_at else ""
+            until = f" until {utc_text(self.lapses_at)}" if self.lapses_at else ""
             return (
                 f"waiting for account {self.inp.account_id} to accept or decline ending its "
                 f"association with {self.inp.partner_id}{until}"

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         check_fresh,
         check_reassign,
     )
+    from domain.values import utc_text
 
 # The read model must catch up however long the database is away: retry forever, backing off.
 STORE_RETRY = RetryPolicy(
@@ -297,7 +298,7 @@ class ProcessWorkflow:
         return None
 
     def assignment_notice(self, task: HumanTask) -> Notification:
-        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        due = f", due {utc_text(task.due_at)}" if task.due_at else ""
         return Notification(
             recipient=task.assignee or str(task.candidate_role),
             subject=f"[partnerflow] {task.kind} task {task.id} is waiting for you",
@@ -343,7 +344,7 @@ class ProcessWorkflow:
                     Notification(
                         recipient=task.assignee or str(task.candidate_role),
                         subject=f"[partnerflow] reminder: {task.kind} task {task.id}",
-                        body=f"Task {task.id} is due {task.due_at:%Y-%m-%d %H:%M} UTC.",
+                        body=f"Task {task.id} is due {utc_text(task.due_at)}.",
                     )
                 )
             else:
@@ -363,7 +364,7 @@ class ProcessWorkflow:
                             subject=f"[partnerflow] overdue: {task.kind} task {task.id}",
                             body=(
                                 f"Task {task.id} for {task.who} passed its deadline "
-                                f"{task.due_at:%Y-%m-%d %H:%M} UTC; you may reassign it."
+                                f"{utc_text(task.due_at)}; you may reassign it."
                             ),
                         )
                     )

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api import access
 from api.auth import CurrentUser
 from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
@@ -21,8 +21,9 @@ from api.processes import send_update, update_id
 from config import Settings
 from domain.principal import Principal
 from domain.tasks import CompleteTask, HumanTask, ReassignTask
+from domain.values import UtcDateTime
 from store.db import as_utc
-from store.inbox import list_tasks, visible_to
+from store.inbox import list_tasks
 from store.models import ProcessRow, TaskRow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -41,8 +42,8 @@ class TaskPublic(BaseModel):
     assignee: str | None
     candidate_role: str | None
     status: str
-    created_at: Any
-    due_at: Any
+    created_at: UtcDateTime
+    due_at: UtcDateTime | None
     escalated: bool
     outcome: str | None
     comment: str | None = None
@@ -147,16 +148,9 @@ async def load_task(
     opportunities.load_opportunity)."""
     async with sessions() as session:
         row = await session.get(TaskRow, task_id)
-        if row is None:
-            raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
-        visible = (
-            await session.exec(
-                select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal))
-            )
-        ).first()
-    if visible is None:
-        raise ApiError("PF.FORBIDDEN", f"task {task_id} is not yours to see")
-    return row
+    if row is None:
+        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    return access.check_may_see_task(principal, row)
 
 
 @router.get("", response_model=TaskPage, responses=ERRORS)
@@ -333,6 +327,7 @@ async def reassign_task(
         row = await session.get(TaskRow, task_id)
     if row is None:
         raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await send_update(
