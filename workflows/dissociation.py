@@ -24,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
         dissociation_answered,
     )
     from domain.policy import add_duration
-    from domain.values import utc_iso, utc_text
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import check_fresh
+    from domain.values import utc_iso, utc_text
     from workflows.accounts import dissociate
     from workflows.human_task import Pending, ProcessWorkflow
 
