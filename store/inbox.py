@@ -1,10 +1,13 @@
-"""The task inbox over the read model: who sees which tasks, newest due first, keyset-paginated."""
+"""The task inbox over the read model: who sees which tasks, most urgent first, keyset-paginated."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,10 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api import access
 from domain.principal import Principal
 from store.db import as_utc
-from store.models import TaskRow
-
-# Rows without a due time sort after every dated one.
-_FAR = datetime(9999, 12, 31)
+from store.models import ProcessRow, TaskRow
 
 
 def offered_to(principal: Principal) -> Any:
@@ -31,69 +31,175 @@ def visible_to(principal: Principal) -> Any:
 
 
 def mine(principal: Principal) -> Any:
-    return sa.or_(col(TaskRow.assignee) == principal.sub, offered_to(principal))
+    """Tasks for the caller to work: assigned to them, claimed by them, or offered to one of
+    their roles and not claimed by someone else."""
+    return sa.or_(
+        col(TaskRow.assignee) == principal.sub,
+        col(TaskRow.claimed_by) == principal.sub,
+        sa.and_(offered_to(principal), col(TaskRow.claimed_by).is_(None)),
+    )
 
 
-def encode_cursor(row: TaskRow) -> str:
-    due = as_utc(row.due_at)
-    raw = json.dumps({"d": due.isoformat() if due else None, "i": row.id})
+class InboxSort(StrEnum):
+    """Inbox orders. `urgency` (the default) is `due_at`: earliest due first, so overdue tasks
+    come first (their due time has passed), undated tasks last. `-due_at`: latest due first,
+    undated last. `created_at` / `-created_at`: oldest / newest first. Ties by id."""
+
+    urgency = "urgency"
+    due_at = "due_at"
+    due_at_desc = "-due_at"
+    created_at = "created_at"
+    created_at_desc = "-created_at"
+
+
+class BadCursor(ValueError):
+    """The cursor is not one this inbox handed out for this sort (→ 400 PF.BAD_REQUEST)."""
+
+
+def encode_cursor(row: TaskRow, sort: InboxSort) -> str:
+    """Opaque: url-safe base64 of {"s": sort, "k": the sort key (ISO 8601 UTC or null), "i": id}."""
+    key = as_utc(row.created_at if sort.value.lstrip("-") == "created_at" else row.due_at)
+    raw = json.dumps({"s": _family(sort), "k": key.isoformat() if key else None, "i": row.id})
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
-    raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    due = datetime.fromisoformat(raw["d"]) if raw["d"] else None
-    return due, str(raw["i"])
+def _family(sort: InboxSort) -> str:
+    return "due_at" if sort is InboxSort.urgency else sort.value
+
+
+def decode_cursor(cursor: str, sort: InboxSort) -> tuple[datetime | None, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        key = as_utc(datetime.fromisoformat(raw["k"])) if raw["k"] else None
+        last_id, family = raw["i"], raw["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BadCursor("the cursor is not valid") from exc
+    if family != _family(sort) or not isinstance(last_id, str):
+        raise BadCursor("the cursor belongs to another sort order")
+    return key, last_id
+
+
+@dataclass(frozen=True)
+class InboxFilters:
+    """The inbox's filters. Times are UTC. `overdue`: True → due before `now`; False → due at or
+    after `now`, or undated. `process`: the read model's process name (opportunity, …)."""
+
+    kind: str | None = None
+    status: str | None = None
+    assignee: str | None = None
+    process_id: str | None = None
+    process: str | None = None
+    partner_id: str | None = None
+    due_before: datetime | None = None
+    overdue: bool | None = None
+    escalated: bool | None = None
+    now: datetime | None = None
+
+
+def _filtered(principal: Principal, f: InboxFilters) -> Any:
+    stmt = select(TaskRow).where(visible_to(principal))
+    if f.kind:
+        stmt = stmt.where(TaskRow.kind == f.kind)
+    if f.status:
+        stmt = stmt.where(TaskRow.status == f.status)
+    if f.assignee == "me":
+        stmt = stmt.where(mine(principal))
+    elif f.assignee:
+        stmt = stmt.where(TaskRow.assignee == f.assignee)
+    if f.process_id:
+        stmt = stmt.where(TaskRow.process_id == f.process_id)
+    if f.process:
+        stmt = stmt.where(TaskRow.process == f.process)
+    if f.partner_id:
+        stmt = stmt.where(TaskRow.partner_id == f.partner_id)
+    if f.due_before is not None:
+        stmt = stmt.where(col(TaskRow.due_at) < f.due_before)
+    if f.overdue is not None:
+        assert f.now is not None, "overdue needs now"
+        if f.overdue:
+            stmt = stmt.where(col(TaskRow.due_at) < f.now)
+        else:
+            stmt = stmt.where(sa.or_(col(TaskRow.due_at).is_(None), col(TaskRow.due_at) >= f.now))
+    if f.escalated is not None:
+        stmt = stmt.where(col(TaskRow.escalated).is_(f.escalated))
+    return stmt
 
 
 async def list_tasks(
     session: AsyncSession,
     principal: Principal,
     *,
-    kind: str | None,
-    status: str | None,
-    assignee: str | None,
-    process_id: str | None,
+    filters: InboxFilters,
+    sort: InboxSort = InboxSort.urgency,
     cursor: str | None,
     limit: int,
 ) -> tuple[list[TaskRow], str | None]:
-    stmt = select(TaskRow).where(visible_to(principal))
-    if kind:
-        stmt = stmt.where(TaskRow.kind == kind)
-    if status:
-        stmt = stmt.where(TaskRow.status == status)
-    if assignee == "me":
-        stmt = stmt.where(mine(principal))
-    elif assignee:
-        stmt = stmt.where(TaskRow.assignee == assignee)
-    if process_id:
-        stmt = stmt.where(TaskRow.process_id == process_id)
-    # Newest due first: due_at descending, undated last, then id descending. Dated and undated
-    # rows are read by two queries rather than one ORDER BY (due_at IS NULL), ...: that
-    # expression no index can serve, so the one query sorted every visible open task (all PO
-    # reviews for a dispatcher: 69 ms at 100,000 tasks on PostgreSQL), while each of these walks
-    # an index and stops at the page (under 1 ms; docs/performance.md).
+    """One page of the tasks the caller may see, in `sort` order, and the next page's cursor.
+
+    Keyset pagination on (sort key, id): no row is skipped or repeated across pages, ties
+    included. Raises BadCursor.
+    """
+    stmt = _filtered(principal, filters)
+    if sort in (InboxSort.created_at, InboxSort.created_at_desc):
+        rows = await _by_created(session, stmt, sort, cursor, limit)
+    else:
+        rows = await _by_due(session, stmt, sort, cursor, limit)
+    next_cursor = encode_cursor(rows[limit - 1], sort) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def _by_due(
+    session: AsyncSession, stmt: Any, sort: InboxSort, cursor: str | None, limit: int
+) -> list[TaskRow]:
+    # Dated rows by due time (ascending for urgency, descending for -due_at), then undated rows,
+    # each direction's ties by id. Dated and undated rows are read by two queries rather than
+    # one ORDER BY (due_at IS NULL), ...: that expression no index can serve, so the one query
+    # sorted every visible open task (69 ms at 100,000 tasks on PostgreSQL), while each of these
+    # walks an index and stops at the page (under 1 ms; docs/performance.md).
+    ascending = sort is not InboxSort.due_at_desc
     due, last_id, undated_only = None, None, False
-    if cursor:
-        due, last_id = decode_cursor(cursor)
+    if cursor is not None:
+        due, last_id = decode_cursor(cursor, sort)
         undated_only = due is None
+    due_col, id_col = col(TaskRow.due_at), col(TaskRow.id)
     rows: list[TaskRow] = []
     if not undated_only:
-        dated = stmt.where(col(TaskRow.due_at).is_not(None))
+        dated = stmt.where(due_col.is_not(None))
         if due is not None:
-            dated = dated.where(
-                sa.or_(
-                    col(TaskRow.due_at) < due,
-                    sa.and_(col(TaskRow.due_at) == due, col(TaskRow.id) < last_id),
-                )
-            )
-        dated = dated.order_by(col(TaskRow.due_at).desc(), col(TaskRow.id).desc())
-        rows = list((await session.exec(dated.limit(limit + 1))).all())
+            after = sa.tuple_(due_col, id_col) > (due, last_id)
+            before = sa.tuple_(due_col, id_col) < (due, last_id)
+            dated = dated.where(after if ascending else before)
+        order = (due_col.asc(), id_col.asc()) if ascending else (due_col.desc(), id_col.desc())
+        rows = list((await session.exec(dated.order_by(*order).limit(limit + 1))).all())
     if len(rows) <= limit:
-        undated = stmt.where(col(TaskRow.due_at).is_(None))
+        undated = stmt.where(due_col.is_(None))
         if undated_only:
-            undated = undated.where(col(TaskRow.id) < last_id)
-        undated = undated.order_by(col(TaskRow.id).desc()).limit(limit + 1 - len(rows))
-        rows += list((await session.exec(undated)).all())
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+            undated = undated.where(id_col > last_id if ascending else id_col < last_id)
+        undated = undated.order_by(id_col.asc() if ascending else id_col.desc())
+        rows += list((await session.exec(undated.limit(limit + 1 - len(rows)))).all())
+    return rows
+
+
+async def _by_created(
+    session: AsyncSession, stmt: Any, sort: InboxSort, cursor: str | None, limit: int
+) -> list[TaskRow]:
+    ascending = sort is InboxSort.created_at
+    created_col, id_col = col(TaskRow.created_at), col(TaskRow.id)
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor, sort)
+        if created is None:
+            raise BadCursor("the cursor is not valid")
+        key = sa.tuple_(created_col, id_col)
+        stmt = stmt.where(key > (created, last_id) if ascending else key < (created, last_id))
+    order = (created_col.asc(), id_col.asc()) if ascending else (created_col.desc(), id_col.desc())
+    return list((await session.exec(stmt.order_by(*order).limit(limit + 1))).all())
+
+
+async def summaries_of(session: AsyncSession, process_ids: set[str]) -> dict[str, str]:
+    """The one-line summary of each process (ProcessRow.summary), by process id."""
+    if not process_ids:
+        return {}
+    rows = await session.exec(
+        select(ProcessRow.id, ProcessRow.summary).where(col(ProcessRow.id).in_(process_ids))
+    )
+    return {pid: summary or "" for pid, summary in rows.all()}
