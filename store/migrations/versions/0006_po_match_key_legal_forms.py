@@ -6,7 +6,7 @@ existing rows and "one open PO per partner" claims get the key the code now comp
 by re-sending it after the upgrade. Data only; the schema does not change.
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-30 05:00:00.000000
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from domain.opportunity import match_key
 
 revision: str = "0006"
-down_revision: str | None = "0002"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
