@@ -25,6 +25,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.accounts import AccountActivities
 from activities.incentives import IncentiveActivities
+from activities.opportunity_claims import OpportunityClaimActivities
 from activities.outbox import OutboxSender
 from activities.read_model import ReadModelActivities
 from activities.webhooks import WebhookSender
@@ -53,6 +54,7 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
     store = ReadModelActivities(sessions)
     accounts = AccountActivities(sessions)
     incentives = IncentiveActivities(sessions)
+    po_claims = OpportunityClaimActivities(sessions)
     return [
         store.apply_transition,
         store.assess_opportunity,
@@ -60,6 +62,8 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
         accounts.associate_account,
         accounts.dissociate_account,
         incentives.payment_eligibility,
+        po_claims.claim_approval,
+        po_claims.release_approval,
     ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
@@ -19,18 +20,22 @@ from api.processes import load_partner_item, workflow_is_running
 from api.routes.opportunities import History, read_history
 from domain.certification import (
     ELIGIBLE_PARTNER_KIND,
+    AnswerClarification,
     CertificationCreate,
     CertificationInput,
     CertificationView,
+    ClarificationAnswerCreate,
     DefenseRequestCreate,
     RecertificationCreate,
     Recertify,
     RequestDefense,
     certification_id,
 )
-from domain.principal import Principal
+from domain.opportunity import RouteRequest
+from domain.principal import Principal, Role
 from store.claims import claim
-from store.models import Partner, ProcessRow
+from store.models import Partner, ProcessRow, RoutingRule
+from store.readmodel import best_rule
 from workflows.certification import Certification
 
 router = command_router(prefix="/v1/certifications", tags=["certifications"])
@@ -124,14 +129,70 @@ async def request_defense(
     cert_id: str, body: DefenseRequestCreate, principal: CurrentUser, processes: Processes
 ) -> CertificationView:
     """R-CERT-3: dispute the criteria or the evidence in an online defense, once per attempt:
-    while the review is pending, or within `cert_defense_period` after a failure."""
+    while the review is pending, or within `cert_defense_period` after a failure. The partner
+    asks, or on its behalf its PDM (one the routing table names for the partner) or
+    certification operations (`cert_ops`); anyone else staff: 403 `PF.FORBIDDEN`."""
+    arg = RequestDefense(actor=principal, reason=body.reason)
+    if principal.is_staff:
+        await _check_on_behalf(processes.sessions, cert_id, principal)
+        return await processes.update(
+            cert_id, Certification.request_defense, arg, view=CertificationView
+        )
     return await processes.partner_update(
         process="certification",
         noun="certification",
         item_id=cert_id,
         principal=principal,
         update=Certification.request_defense,
-        arg=RequestDefense(actor=principal, reason=body.reason),
+        arg=arg,
+        view=CertificationView,
+    )
+
+
+async def _check_on_behalf(
+    sessions: async_sessionmaker[AsyncSession], cert_id: str, principal: Principal
+) -> None:
+    """R-CERT-3: certification operations, or the partner's own PDM, may ask for a defense on
+    the partner's behalf. The partner's PDMs are those the routing table names for it: rules
+    for the partner itself, and the rule a PO of the partner's region would be routed by."""
+    row = await load_certification(sessions, cert_id, principal)
+    if principal.has(Role.cert_ops):
+        return
+    if principal.has(Role.pdm) and row.partner_id is not None:
+        async with sessions() as session:
+            partner = await session.get(Partner, row.partner_id)
+            rules = (await session.exec(select(RoutingRule))).all()
+        region = partner.region if partner else None
+        pdms = {r.pdm for r in rules if r.partner_id == row.partner_id}
+        best = best_rule(
+            rules,
+            RouteRequest(partner_id=row.partner_id, region=region, industry=None, offerings=[]),
+        )
+        if best is not None:
+            pdms.add(best.pdm)
+        if principal.sub in pdms:
+            return
+        raise ApiError("PF.FORBIDDEN", f"{principal.sub} is not a PDM of partner {row.partner_id}")
+    raise ApiError(
+        "PF.FORBIDDEN",
+        "a defense is requested by the partner, its PDM or certification operations",
+    )
+
+
+@router.post("/{cert_id}/clarification", response_model=CertificationView)
+async def answer_clarification(
+    cert_id: str, body: ClarificationAnswerCreate, principal: CurrentUser, processes: Processes
+) -> CertificationView:
+    """R-CERT-3: the partner answers the expert's question (`cert.review` outcome `clarify`);
+    the review returns to the same expert with the answer in its history. No question waiting:
+    409 `PF.WRONG_STATE`."""
+    return await processes.partner_update(
+        process="certification",
+        noun="certification",
+        item_id=cert_id,
+        principal=principal,
+        update=Certification.answer_clarification,
+        arg=AnswerClarification(actor=principal, answer=body.answer),
         view=CertificationView,
     )
 

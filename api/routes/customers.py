@@ -204,6 +204,7 @@ async def request_dissociation(
             account_id=body.account_id,
             account_email=facts.email,
             reason=body.reason,
+            policy=processes.settings.policy,  # R-INV-6: dissociation_answer_ttl
         ),
         workflow_id=dis_id,
         process="dissociation",
