@@ -58,9 +58,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.errors import refuse
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import CompleteTask, HumanTask, ReassignTask, TaskStatus, check_fresh
+    from domain.tasks import CompleteTask, HumanTask, TaskStatus
     from domain.values import utc_iso, utc_text
-    from workflows.human_task import Pending, ProcessWorkflow
+    from workflows.human_task import ProcessWorkflow, command
 
 S = CertificationStatus
 NOTICE_ACTIONS = {
@@ -138,9 +138,7 @@ class Certification(ProcessWorkflow):
 
     @request_defense.validator
     def _validate_request_defense(self, cmd: RequestDefense) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_defense_requester(cmd.actor)
-        self._check_defense()
+        self.validate(cmd)
 
     @workflow.update
     async def answer_clarification(self, cmd: AnswerClarification) -> dict[str, Any]:
@@ -148,9 +146,7 @@ class Certification(ProcessWorkflow):
 
     @answer_clarification.validator
     def _validate_answer_clarification(self, cmd: AnswerClarification) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
-        self._check_clarification_pending()
+        self.validate(cmd)
 
     @workflow.update
     async def recertify(self, cmd: Recertify) -> dict[str, Any]:
@@ -158,31 +154,13 @@ class Certification(ProcessWorkflow):
 
     @recertify.validator
     def _validate_recertify(self, cmd: Recertify) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
-        self._check_recertify()
+        self.validate(cmd)
 
     # --- the main loop's command handling ---------------------------------------------------
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if isinstance(cmd, ReassignTask):
-            await self.handle_reassign(pending, cmd)
-            return
-        if isinstance(cmd, CompleteTask):
-            await self._complete(cmd)
-        elif isinstance(cmd, RequestDefense):
-            await self._request_defense(cmd)
-        elif isinstance(cmd, AnswerClarification):
-            await self._answer_clarification(cmd)
-        elif isinstance(cmd, Recertify):
-            await self._recertify(cmd)
-        else:  # pragma: no cover - only the Updates above enqueue
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-        self.resolve(pending)
+    # --- the commands: check, then apply --------------------------------------------------
 
-    async def _complete(self, cmd: CompleteTask) -> None:
-        task, data = self.check_complete(cmd)
+    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         if task.kind == CERT_REVIEW.name and cmd.outcome == "clarify":
             await self._ask_clarification(task, cmd)
         elif isinstance(data, ReviewDecision):
@@ -257,11 +235,14 @@ class Certification(ProcessWorkflow):
             ],
         )
 
+    def _check_answer_clarification(self, cmd: AnswerClarification) -> None:
+        self._check_owner(cmd.actor)
+        self._check_clarification_pending()
+
+    @command(AnswerClarification, check="_check_answer_clarification")
     async def _answer_clarification(self, cmd: AnswerClarification) -> None:
         """R-CERT-3: the answer goes into the attempt's history and the review returns to the
         expert who asked."""
-        self._check_owner(cmd.actor)
-        self._check_clarification_pending()
         asked = self.attempt.pending_clarification
         assert asked is not None
         asked.answer, asked.answered_by = cmd.answer, cmd.actor.sub
@@ -285,9 +266,12 @@ class Certification(ProcessWorkflow):
             notifications=[self.assignment_notice(task)],
         )
 
-    async def _request_defense(self, cmd: RequestDefense) -> None:
+    def _check_request_defense(self, cmd: RequestDefense) -> None:
         self._check_defense_requester(cmd.actor)
         self._check_defense()
+
+    @command(RequestDefense, check="_check_request_defense")
+    async def _request_defense(self, cmd: RequestDefense) -> None:
         audit: list[AuditEntry] = []
         review = self.open_task_of(CERT_REVIEW)
         if review is not None:
@@ -376,9 +360,12 @@ class Certification(ProcessWorkflow):
             ]
         )
 
-    async def _recertify(self, cmd: Recertify) -> None:
+    def _check_recertify_cmd(self, cmd: Recertify) -> None:
         self._check_owner(cmd.actor)
         self._check_recertify()
+
+    @command(Recertify, check="_check_recertify_cmd")
+    async def _recertify(self, cmd: Recertify) -> None:
         self.attempt = Attempt(
             number=self.attempt.number + 1,
             kind="recertification" if self.periods else "certification",

@@ -29,10 +29,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.policy import add_duration
     from domain.principal import Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import check_fresh
     from domain.values import utc_text
     from workflows.accounts import associate
-    from workflows.human_task import Pending, ProcessWorkflow
+    from workflows.human_task import ProcessWorkflow, command
 
 S = CustomerInvitationStatus
 
@@ -87,14 +86,10 @@ class CustomerInvitation(ProcessWorkflow):
 
     @register.validator
     def _validate_register(self, cmd: RegisterCustomer) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_register(cmd)
+        self.validate(cmd)
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if not isinstance(cmd, RegisterCustomer):  # pragma: no cover - only `register` enqueues
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-        self._check_register(cmd)
+    @command(RegisterCustomer, check="_check_register")
+    async def _register(self, cmd: RegisterCustomer) -> None:
         result = await associate(
             AssociationRequest(
                 account_id=cmd.actor.sub,
@@ -127,7 +122,6 @@ class CustomerInvitation(ProcessWorkflow):
                 self._partner_notice(f"{self.inp.email} registered as your customer"),
             ],
         )
-        self.resolve(pending)
 
     def process_deadline(self) -> datetime | None:
         return self.expires_at if self.status is S.sent else None

@@ -26,10 +26,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.policy import add_duration
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import check_fresh
     from domain.values import utc_iso, utc_text
     from workflows.accounts import dissociate
-    from workflows.human_task import Pending, ProcessWorkflow
+    from workflows.human_task import ProcessWorkflow, command
 
 S = DissociationStatus
 
@@ -86,14 +85,13 @@ class Dissociation(ProcessWorkflow):
 
     @answer.validator
     def _validate_answer(self, cmd: AnswerDissociation) -> None:
-        check_fresh(cmd, workflow.now())
+        self.validate(cmd)
+
+    def _check_answer_cmd(self, cmd: AnswerDissociation) -> None:
         self._check_answer(cmd.actor)
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if not isinstance(cmd, AnswerDissociation):  # pragma: no cover - only `answer` enqueues
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-        self._check_answer(cmd.actor)
+    @command(AnswerDissociation, check="_check_answer_cmd")
+    async def _answer(self, cmd: AnswerDissociation) -> None:
         details: dict[str, Any] = {"account_id": self.inp.account_id}
         if cmd.decision == "accept":
             result = await dissociate(
@@ -138,7 +136,6 @@ class Dissociation(ProcessWorkflow):
                 ),
             ],
         )
-        self.resolve(pending)
 
     # --- R-INV-6: the answer's time limit ----------------------------------------------------
 

@@ -16,10 +16,10 @@ A process workflow subclasses `ProcessWorkflow`. It gets:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -72,12 +72,66 @@ class Pending:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+ApplyFn = TypeVar("ApplyFn", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """How a process applies one command type: method names, resolved on the instance (so a
+    subclass may override any of them by name).
+
+    - `check(cmd)`: pure (no I/O, no history), raises ApplicationError via `domain.errors.refuse`.
+      The Update's validator runs it (after `check_fresh`), and the main loop runs it again just
+      before `apply`, since the state may have moved while the command was queued.
+    - `recheck`: what the main loop runs instead of `check`, when it must differ from the
+      validator's (it may call `workflow.patched`, which a validator must not).
+    - `apply(cmd)`: mutates state and commits; returns the Update's answer, or None for `view()`.
+    """
+
+    command: type[BaseModel]
+    apply: str
+    check: str
+    recheck: str | None = None
+
+
+def command(
+    command_type: type[BaseModel], *, check: str, recheck: str | None = None
+) -> Callable[[ApplyFn], ApplyFn]:
+    """Register the decorated async method as the `apply` of `command_type` (see `CommandSpec`);
+    `check` (and `recheck`) name methods of the same class. `ProcessWorkflow` collects these per
+    class into `commands`, which its validators and main loop dispatch on."""
+
+    def mark(apply: ApplyFn) -> ApplyFn:
+        apply.__pf_command__ = (command_type, check, recheck)  # type: ignore[attr-defined]
+        return apply
+
+    return mark
+
+
 class ProcessWorkflow:
     """Base of every process workflow. Subclasses set `process` and `task_kinds` and implement
-    `record`, `view` and `describe`."""
+    `record`, `view` and `describe`.
+
+    A command is declared once: an `@workflow.update` one-liner (`return await
+    self.enqueue(cmd)`), its validator one-liner (`self.validate(cmd)`), and an `apply` method
+    decorated with `@command(CommandType, check="_check_x")`. Nothing else dispatches."""
 
     process: ClassVar[str]
     task_kinds: ClassVar[dict[str, TaskKind]]
+    commands: ClassVar[dict[type[BaseModel], CommandSpec]] = {}
+    # Updates that take no command: they wait for a state and answer it, changing nothing.
+    waiting_updates: ClassVar[frozenset[str]] = frozenset({"submitted"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        specs: dict[type[BaseModel], CommandSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                mark = getattr(attr, "__pf_command__", None)
+                if mark is not None:
+                    command_type, check, recheck = mark
+                    specs[command_type] = CommandSpec(command_type, name, check, recheck)
+        cls.commands = specs
 
     def __init__(self) -> None:
         self.tasks: dict[str, HumanTask] = {}
@@ -100,9 +154,10 @@ class ProcessWorkflow:
         """One sentence for the Temporal UI: what the process waits for, on whom, until when."""
         raise NotImplementedError
 
-    async def handle(self, pending: Pending) -> None:
-        """Apply one queued command (the main loop calls this); raise ApplicationError to refuse."""
-        raise NotImplementedError
+    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        """Apply a completion of `task` the checks have passed (`data` is `cmd.data` parsed by
+        the outcome's model); a process with tasks overrides it."""
+        refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
 
     def process_deadline(self) -> datetime | None:
         """The next process-level moment (e.g. a certificate's expiry), besides task deadlines."""
@@ -143,8 +198,7 @@ class ProcessWorkflow:
 
     @complete_task.validator
     def _validate_complete_task(self, cmd: CompleteTask) -> None:
-        check_fresh(cmd, workflow.now())
-        self.check_complete(cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def reassign_task(self, cmd: ReassignTask) -> dict[str, Any]:
@@ -152,11 +206,7 @@ class ProcessWorkflow:
 
     @reassign_task.validator
     def _validate_reassign_task(self, cmd: ReassignTask) -> None:
-        check_fresh(cmd, workflow.now())
-        task = self.tasks.get(cmd.task_id)
-        check_reassign(task, self._kind_of(task), cmd)
-        assert task is not None
-        self.check_reassign_target(task, cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def claim_task(self, cmd: ClaimTask) -> dict[str, Any]:
@@ -167,8 +217,7 @@ class ProcessWorkflow:
 
     @claim_task.validator
     def _validate_claim_task(self, cmd: ClaimTask) -> None:
-        check_fresh(cmd, workflow.now())
-        check_claim(self.tasks.get(cmd.task_id), cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def unclaim_task(self, cmd: UnclaimTask) -> dict[str, Any]:
@@ -177,9 +226,7 @@ class ProcessWorkflow:
 
     @unclaim_task.validator
     def _validate_unclaim_task(self, cmd: UnclaimTask) -> None:
-        check_fresh(cmd, workflow.now())
-        task = self.tasks.get(cmd.task_id)
-        check_unclaim(task, self._kind_of(task), cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def add_comment(self, cmd: AddComment) -> dict[str, Any]:
@@ -189,9 +236,7 @@ class ProcessWorkflow:
 
     @add_comment.validator
     def _validate_add_comment(self, cmd: AddComment) -> None:
-        check_fresh(cmd, workflow.now())
-        if not cmd.body.strip():
-            refuse("PF.VALIDATION_FAILED", "a comment needs some text")
+        self.validate(cmd)
 
     @workflow.update
     async def submitted(self) -> dict[str, Any]:
@@ -218,10 +263,6 @@ class ProcessWorkflow:
             raise pending.error
         assert pending.result is not None
         return pending.result
-
-    def resolve(self, pending: Pending) -> None:
-        pending.result = self.view()
-        pending.done = True
 
     def reject(self, pending: Pending, error: ApplicationError) -> None:
         pending.error = error
@@ -253,6 +294,20 @@ class ProcessWorkflow:
                     pass
             await self._fire_deadlines()
 
+    def validate(self, cmd: BaseModel) -> None:
+        """Every command Update's validator: refuse a stale request (`not_after`,
+        PF.REQUEST_EXPIRED), then run the command's registered `check`. Pure."""
+        check_fresh(cmd, workflow.now())  # type: ignore[arg-type]
+        getattr(self, self._spec_of(cmd).check)(cmd)
+
+    def _spec_of(self, cmd: BaseModel) -> CommandSpec:
+        spec = self.commands.get(type(cmd))
+        if spec is None:  # pragma: no cover - test_commands proves every Update registers one
+            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
+        return spec
+
+    # --- the commands every process has: check, then apply -----------------------------------
+
     def check_complete(self, cmd: CompleteTask) -> tuple[HumanTask, BaseModel | None]:
         task = self.tasks.get(cmd.task_id)
         data = check_completion(task, self._kind_of(task), cmd)
@@ -260,12 +315,30 @@ class ProcessWorkflow:
         self.check_decision(task, cmd, data)
         return task, data
 
-    async def handle_reassign(self, pending: Pending, cmd: ReassignTask) -> None:
+    @command(CompleteTask, check="check_complete")
+    async def apply_complete(self, cmd: CompleteTask) -> dict[str, Any] | None:
+        task = self.tasks[cmd.task_id]
+        model = self.task_kinds[task.kind].outcomes[cmd.outcome].data_model
+        data = None if model is None else model.model_validate(cmd.data)
+        await self.complete(task, cmd, data)
+        return None
+
+    def check_reassign(self, cmd: ReassignTask) -> None:
+        task = self.tasks.get(cmd.task_id)
+        check_reassign(task, self._kind_of(task), cmd)
+        assert task is not None
+        self.check_reassign_target(task, cmd)
+
+    def recheck_reassign(self, cmd: ReassignTask) -> None:
         task = self.tasks.get(cmd.task_id)
         check_reassign(task, self._kind_of(task), cmd)
         assert task is not None
         if workflow.patched("reassign-target-eligible"):  # R-X-5; older runs did not check
             self.check_reassign_target(task, cmd)
+
+    @command(ReassignTask, check="check_reassign", recheck="recheck_reassign")
+    async def apply_reassign(self, cmd: ReassignTask) -> dict[str, Any] | None:
+        task = self.tasks[cmd.task_id]
         previous = task.assignee or str(task.candidate_role)
         task.assignee = cmd.assignee
         task.candidate_role = None
@@ -283,7 +356,55 @@ class ProcessWorkflow:
             ],
             notifications=[self.assignment_notice(task)],
         )
-        self.resolve(pending)
+        return self.view()
+
+    def check_claim(self, cmd: ClaimTask) -> None:
+        check_claim(self.tasks.get(cmd.task_id), cmd)
+
+    @command(ClaimTask, check="check_claim")
+    async def apply_claim(self, cmd: ClaimTask) -> dict[str, Any] | None:
+        task = self.tasks[cmd.task_id]
+        if task.claimed_by != cmd.actor.sub:  # a repeated claim changes nothing
+            task.claimed_by = cmd.actor.sub
+            await self.commit(
+                audit=[AuditEntry(actor=cmd.actor.sub, action="task_claimed", task_id=task.id)]
+            )
+        return task.model_dump(mode="json")
+
+    def check_unclaim(self, cmd: UnclaimTask) -> None:
+        task = self.tasks.get(cmd.task_id)
+        check_unclaim(task, self._kind_of(task), cmd)
+
+    @command(UnclaimTask, check="check_unclaim")
+    async def apply_unclaim(self, cmd: UnclaimTask) -> dict[str, Any] | None:
+        task = self.tasks[cmd.task_id]
+        previous, task.claimed_by = task.claimed_by, None
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="task_unclaimed",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={"claimed_by": previous},
+                )
+            ]
+        )
+        return task.model_dump(mode="json")
+
+    def check_comment(self, cmd: AddComment) -> None:
+        if not cmd.body.strip():
+            refuse("PF.VALIDATION_FAILED", "a comment needs some text")
+
+    @command(AddComment, check="check_comment")
+    async def apply_comment(self, cmd: AddComment) -> dict[str, Any] | None:
+        entry = AuditEntry(actor=cmd.actor.sub, action="commented", comment=cmd.body)
+        await self.commit(audit=[entry])
+        return {
+            **entry.model_dump(mode="json"),
+            "at": self.updated_at.isoformat(),
+            "version": self.version,
+        }
 
     # --- tasks --------------------------------------------------------------------------------
 
@@ -460,7 +581,7 @@ class ProcessWorkflow:
         workflow.set_current_details(self.describe())
 
     async def serve_until(self, is_final: Callable[[], bool]) -> None:
-        """Apply commands with `handle` until `is_final()`; refusals go back to their caller."""
+        """Apply queued commands (`_serve_one`) until `is_final()`; refusals go to their caller."""
         while not is_final():
             pending = await self.next_command(is_final)
             if pending is None:
@@ -477,59 +598,19 @@ class ProcessWorkflow:
                 ),
             )
 
-    async def handle_shared(self, pending: Pending) -> bool:
-        """Apply a command every process accepts (claims, comments); False for the others,
-        which the subclass's `handle` applies. Only Updates added with claims and comments
-        enqueue these, so histories recorded before them replay unchanged."""
-        cmd = pending.command
-        if isinstance(cmd, ClaimTask):
-            task = self.tasks.get(cmd.task_id)
-            if not check_claim(task, cmd):
-                assert task is not None
-                task.claimed_by = cmd.actor.sub
-                await self.commit(
-                    audit=[AuditEntry(actor=cmd.actor.sub, action="task_claimed", task_id=task.id)]
-                )
-            assert task is not None
-            pending.result = task.model_dump(mode="json")
-        elif isinstance(cmd, UnclaimTask):
-            task = self.tasks.get(cmd.task_id)
-            check_unclaim(task, self._kind_of(task), cmd)
-            assert task is not None
-            previous, task.claimed_by = task.claimed_by, None
-            await self.commit(
-                audit=[
-                    AuditEntry(
-                        actor=cmd.actor.sub,
-                        action="task_unclaimed",
-                        task_id=task.id,
-                        comment=cmd.comment,
-                        details={"claimed_by": previous},
-                    )
-                ]
-            )
-            pending.result = task.model_dump(mode="json")
-        elif isinstance(cmd, AddComment):
-            entry = AuditEntry(actor=cmd.actor.sub, action="commented", comment=cmd.body)
-            await self.commit(audit=[entry])
-            pending.result = {
-                **entry.model_dump(mode="json"),
-                "at": self.updated_at.isoformat(),
-                "version": self.version,
-            }
-        else:
-            return False
-        pending.done = True
-        return True
-
     async def _serve_one(self, pending: Pending) -> None:
+        """Apply one queued command: its registered check again (the state may have moved while
+        it was queued), then its apply; a refusal (ApplicationError) goes back to its caller."""
+        cmd = pending.command
         try:
-            if not await self.handle_shared(pending):
-                await self.handle(pending)
+            spec = self._spec_of(cmd)
+            getattr(self, spec.recheck or spec.check)(cmd)
+            result = await getattr(self, spec.apply)(cmd)
         except ApplicationError as exc:
             self.reject(pending, exc)
-        if not pending.done:  # a handler that forgot to answer must not hang its caller
-            self.resolve(pending)
+            return
+        pending.result = self.view() if result is None else result
+        pending.done = True
 
     # --- continue-as-new -------------------------------------------------------------------
 

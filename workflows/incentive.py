@@ -47,9 +47,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.policy import add_duration, halfway
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
+    from domain.tasks import CompleteTask, HumanTask, ReassignTask
     from domain.values import utc_iso, utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command
 
 S = IncentiveStatus
 
@@ -113,8 +113,7 @@ class IncentiveApplication(ProcessWorkflow):
 
     @resubmit.validator
     def _validate_resubmit(self, cmd: ResubmitIncentive) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_resubmit(cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def request_payment(self, cmd: RequestPayment) -> dict[str, Any]:
@@ -122,8 +121,7 @@ class IncentiveApplication(ProcessWorkflow):
 
     @request_payment.validator
     def _validate_request_payment(self, cmd: RequestPayment) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_request_payment(cmd)
+        self.validate(cmd)
 
     @workflow.update
     async def submit_invoice(self, cmd: SubmitInvoice) -> dict[str, Any]:
@@ -131,28 +129,11 @@ class IncentiveApplication(ProcessWorkflow):
 
     @submit_invoice.validator
     def _validate_submit_invoice(self, cmd: SubmitInvoice) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_submit_invoice(cmd)
+        self.validate(cmd)
 
     # --- the main loop's command handling ---------------------------------------------------
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if isinstance(cmd, CompleteTask):
-            await self._complete(pending, cmd)
-        elif isinstance(cmd, ReassignTask):
-            await self.handle_reassign(pending, cmd)
-        elif isinstance(cmd, ResubmitIncentive):
-            await self._resubmit(pending, cmd)
-        elif isinstance(cmd, RequestPayment):
-            await self._request_payment(pending, cmd)
-        elif isinstance(cmd, SubmitInvoice):
-            await self._submit_invoice(pending, cmd)
-        else:  # pragma: no cover - only the Updates above enqueue
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-
-    async def _complete(self, pending: Pending, cmd: CompleteTask) -> None:
-        task, data = self.check_complete(cmd)
+    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         self.finish_task(task, cmd)
         if task.kind == INC_REVIEW.name:
             await self._reviewed(cmd, task, data)
@@ -161,7 +142,6 @@ class IncentiveApplication(ProcessWorkflow):
         else:
             assert isinstance(data, PayoutData)
             await self._paid(cmd, task, data)
-        self.resolve(pending)
 
     async def _reviewed(self, cmd: CompleteTask, task: HumanTask, data: BaseModel | None) -> None:
         """R-INC-5: approve (the amount may be lowered), reject with a reason, or return."""
@@ -313,8 +293,8 @@ class IncentiveApplication(ProcessWorkflow):
             ],
         )
 
-    async def _resubmit(self, pending: Pending, cmd: ResubmitIncentive) -> None:
-        self._check_resubmit(cmd)
+    @command(ResubmitIncentive, check="_check_resubmit")
+    async def _resubmit(self, cmd: ResubmitIncentive) -> None:
         self.partner_actors.add(cmd.actor.sub)
         before = str(self.amount)
         self.amount = cmd.amount
@@ -328,10 +308,9 @@ class IncentiveApplication(ProcessWorkflow):
                 )
             ]
         )
-        self.resolve(pending)
 
-    async def _request_payment(self, pending: Pending, cmd: RequestPayment) -> None:
-        self._check_request_payment(cmd)
+    @command(RequestPayment, check="_check_request_payment")
+    async def _request_payment(self, cmd: RequestPayment) -> None:
         self.partner_actors.add(cmd.actor.sub)
         # R-INC-6: read when the request arrives, so certification completed since approval counts.
         partner = await workflow.execute_activity_method(
@@ -387,10 +366,9 @@ class IncentiveApplication(ProcessWorkflow):
                 )
             ],
         )
-        self.resolve(pending)
 
-    async def _submit_invoice(self, pending: Pending, cmd: SubmitInvoice) -> None:
-        self._check_submit_invoice(cmd)
+    @command(SubmitInvoice, check="_check_submit_invoice")
+    async def _submit_invoice(self, cmd: SubmitInvoice) -> None:
         assert self.invoice_list is not None
         reissue = self.status is S.invoice_unqualified
         self.invoice_number = cmd.invoice_number
@@ -418,7 +396,6 @@ class IncentiveApplication(ProcessWorkflow):
             ],
             notifications=[self.assignment_notice(task)],
         )
-        self.resolve(pending)
 
     # --- the payout deadline (R-INC-9) -------------------------------------------------------
 

@@ -34,10 +34,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.policy import add_duration
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import check_fresh
     from domain.values import utc_text
     from workflows.accounts import associate
-    from workflows.human_task import Pending, ProcessWorkflow
+    from workflows.human_task import ProcessWorkflow, command
 
 S = InvitationStatus
 
@@ -89,8 +88,7 @@ class AssociationInvitation(ProcessWorkflow):
 
     @accept.validator
     def _validate_accept(self, cmd: AcceptInvitation) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_accept(cmd.actor)
+        self.validate(cmd)
 
     @workflow.update
     async def revoke(self, cmd: RevokeInvitation) -> dict[str, Any]:
@@ -98,22 +96,15 @@ class AssociationInvitation(ProcessWorkflow):
 
     @revoke.validator
     def _validate_revoke(self, cmd: RevokeInvitation) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_revoke(cmd.actor)
+        self.validate(cmd)
 
     # --- the main loop's command handling -----------------------------------------------------
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if isinstance(cmd, AcceptInvitation):
-            await self._accept(pending, cmd)
-        elif isinstance(cmd, RevokeInvitation):
-            await self._revoke(pending, cmd)
-        else:  # pragma: no cover - only the Updates above enqueue
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-
-    async def _accept(self, pending: Pending, cmd: AcceptInvitation) -> None:
+    def _check_accept_cmd(self, cmd: AcceptInvitation) -> None:
         self._check_accept(cmd.actor)
+
+    @command(AcceptInvitation, check="_check_accept_cmd")
+    async def _accept(self, cmd: AcceptInvitation) -> None:
         # R-INV-5 and the one association per account, in one statement. A refusal leaves the
         # invitation pending: the invitee may fix what was missing and accept within the TTL.
         result = await associate(
@@ -148,10 +139,12 @@ class AssociationInvitation(ProcessWorkflow):
                 ),
             ],
         )
-        self.resolve(pending)
 
-    async def _revoke(self, pending: Pending, cmd: RevokeInvitation) -> None:
+    def _check_revoke_cmd(self, cmd: RevokeInvitation) -> None:
         self._check_revoke(cmd.actor)
+
+    @command(RevokeInvitation, check="_check_revoke_cmd")
+    async def _revoke(self, cmd: RevokeInvitation) -> None:
         self.status = S.revoked
         self.revoked_by = cmd.actor.sub
         self.revoke_reason = cmd.reason
@@ -164,7 +157,6 @@ class AssociationInvitation(ProcessWorkflow):
                 )
             ],
         )
-        self.resolve(pending)
 
     # --- R-INV-3: the TTL ---------------------------------------------------------------------
 

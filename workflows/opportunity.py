@@ -41,9 +41,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
-    from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
+    from domain.tasks import CompleteTask, HumanTask, ReassignTask
     from domain.values import utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command
 
 S = OpportunityStatus
 
@@ -113,9 +113,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @cancel.validator
     def _validate_cancel(self, cmd: CancelOpportunity) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
-        self._check_cancel()
+        self.validate(cmd)
 
     @workflow.update
     async def resubmit(self, cmd: ResubmitOpportunity) -> dict[str, Any]:
@@ -123,9 +121,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @resubmit.validator
     def _validate_resubmit(self, cmd: ResubmitOpportunity) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
-        self._check_resubmit()
+        self.validate(cmd)
 
     @workflow.update
     async def update_progress(self, cmd: UpdateProgress) -> dict[str, Any]:
@@ -133,34 +129,20 @@ class OpportunityReview(ProcessWorkflow):
 
     @update_progress.validator
     def _validate_update_progress(self, cmd: UpdateProgress) -> None:
-        check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
-        self._check_progress(cmd)
+        self.validate(cmd)
 
-    # --- the main loop's command handling ---------------------------------------------------
+    # --- the commands: check, then apply --------------------------------------------------
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if isinstance(cmd, CompleteTask):
-            await self._complete(pending, cmd)
-        elif isinstance(cmd, ReassignTask):
-            await self.handle_reassign(pending, cmd)
-            task = self.tasks[cmd.task_id]
-            # R-PO-7 / R-PO-9: the PDM a review was reassigned to holds it from now on: a
-            # resubmission or a re-verification comes back to them, and the view names them.
-            if task.kind == PO_REVIEW.name and workflow.patched("po-reassigned-pdm-holds-review"):
-                self.pdm = cmd.assignee
-        elif isinstance(cmd, CancelOpportunity):
-            await self._cancel(pending, cmd)
-        elif isinstance(cmd, ResubmitOpportunity):
-            await self._resubmit(pending, cmd)
-        elif isinstance(cmd, UpdateProgress):
-            await self._progress(pending, cmd)
-        else:  # pragma: no cover - only the Updates above enqueue
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
+    async def apply_reassign(self, cmd: ReassignTask) -> dict[str, Any] | None:
+        answer = await super().apply_reassign(cmd)
+        task = self.tasks[cmd.task_id]
+        # R-PO-7 / R-PO-9: the PDM a review was reassigned to holds it from now on: a
+        # resubmission or a re-verification comes back to them, and the view names them.
+        if task.kind == PO_REVIEW.name and workflow.patched("po-reassigned-pdm-holds-review"):
+            self.pdm = cmd.assignee
+        return answer
 
-    async def _complete(self, pending: Pending, cmd: CompleteTask) -> None:
-        task, data = self.check_complete(cmd)
+    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         if task.kind == PO_DISPATCH.name:
             self.finish_task(task, cmd)
             self.pdm = str(cmd.data["pdm"])
@@ -181,7 +163,6 @@ class OpportunityReview(ProcessWorkflow):
                     )
                 ]
             )
-            self.resolve(pending)
             return
         criteria = getattr(data, "criteria", None)
         if cmd.outcome == "approve":
@@ -246,21 +227,25 @@ class OpportunityReview(ProcessWorkflow):
             ],
             notifications=[self._partner_notice(f"your opportunity was {self.status.value}")],
         )
-        self.resolve(pending)
 
-    async def _cancel(self, pending: Pending, cmd: CancelOpportunity) -> None:
+    def _check_cancel_cmd(self, cmd: CancelOpportunity) -> None:
         self._check_owner(cmd.actor)
         self._check_cancel()
+
+    @command(CancelOpportunity, check="_check_cancel_cmd")
+    async def _cancel(self, cmd: CancelOpportunity) -> None:
         self.cancel_open_tasks()
         self.status = S.cancelled
         await self.commit(
             audit=[AuditEntry(actor=cmd.actor.sub, action="cancelled", comment=cmd.reason)]
         )
-        self.resolve(pending)
 
-    async def _resubmit(self, pending: Pending, cmd: ResubmitOpportunity) -> None:
+    def _check_resubmit_cmd(self, cmd: ResubmitOpportunity) -> None:
         self._check_owner(cmd.actor)
         self._check_resubmit()
+
+    @command(ResubmitOpportunity, check="_check_resubmit_cmd")
+    async def _resubmit(self, cmd: ResubmitOpportunity) -> None:
         before = self._fields()
         self.po = cmd.opportunity
         self.duplicate_of = await self._look_for_duplicate()
@@ -275,11 +260,13 @@ class OpportunityReview(ProcessWorkflow):
                 )
             ]
         )
-        self.resolve(pending)
 
-    async def _progress(self, pending: Pending, cmd: UpdateProgress) -> None:
+    def _check_progress_cmd(self, cmd: UpdateProgress) -> None:
         self._check_owner(cmd.actor)
         self._check_progress(cmd)
+
+    @command(UpdateProgress, check="_check_progress_cmd")
+    async def _progress(self, cmd: UpdateProgress) -> None:
         change = cmd.progress.model_dump(exclude_none=True, exclude={"stage"}, mode="json")
         before = self._fields()
         self.po = self.po.model_copy(
@@ -305,7 +292,6 @@ class OpportunityReview(ProcessWorkflow):
                 audit=[entry],
                 notifications=[self._psm_notice()] if cmd.progress.stage else [],
             )
-        self.resolve(pending)
 
     # --- checks, shared by validators (before history) and the main loop -------------------
 

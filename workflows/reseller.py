@@ -15,7 +15,8 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from domain.errors import refuse
+    from pydantic import BaseModel
+
     from domain.principal import Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.resellers import (
@@ -26,8 +27,8 @@ with workflow.unsafe.imports_passed_through():
         ResellerApplicationInput,
         ResellerApplicationView,
     )
-    from domain.tasks import CompleteTask, ReassignTask
-    from workflows.human_task import Pending, ProcessWorkflow
+    from domain.tasks import CompleteTask, HumanTask
+    from workflows.human_task import ProcessWorkflow
 
 S = ApplicationStatus
 
@@ -79,17 +80,7 @@ class ResellerApplication(ProcessWorkflow):
         await self.serve_until(lambda: self.status is not S.in_review)
         return await self.finish()
 
-    async def handle(self, pending: Pending) -> None:
-        cmd = pending.command
-        if isinstance(cmd, CompleteTask):
-            await self._decide(pending, cmd)
-        elif isinstance(cmd, ReassignTask):
-            await self.handle_reassign(pending, cmd)
-        else:  # pragma: no cover - only the inherited Updates enqueue
-            refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
-
-    async def _decide(self, pending: Pending, cmd: CompleteTask) -> None:
-        task, _ = self.check_complete(cmd)
+    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         self.finish_task(task, cmd)
         self.status = S.approved if cmd.outcome == "approve" else S.rejected
         self.decision = ApplicationDecision(
@@ -114,7 +105,6 @@ class ResellerApplication(ProcessWorkflow):
                 )
             ],
         )
-        self.resolve(pending)
 
     def view(self) -> dict[str, Any]:
         open_task = self.open_task_of()
