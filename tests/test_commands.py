@@ -24,11 +24,12 @@ from workflows.human_task import ProcessWorkflow
 
 
 def _updates(cls: type) -> dict[str, Any]:
-    return dict(workflow._Definition.must_from_class(cls).updates)
+    updates = workflow._Definition.must_from_class(cls).updates
+    return {str(name): update for name, update in updates.items()}
 
 
-def _body(fn: Callable[..., Any]) -> list[ast.stmt]:
-    """The statements of `fn`, its docstring left out."""
+def _body(fn: Callable[..., Any]) -> str:
+    """The statements of `fn` as source, its docstring left out."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     func = tree.body[0]
     assert isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -40,7 +41,7 @@ def _body(fn: Callable[..., Any]) -> list[ast.stmt]:
         and isinstance(body[0].value.value, str)
     ):
         body = body[1:]
-    return body
+    return "\n".join(ast.unparse(statement) for statement in body)
 
 
 CASES = [
@@ -79,10 +80,10 @@ def test_every_update_maps_to_a_registered_command(cls: type[ProcessWorkflow], n
             f"check {check} of {command_type.__name__} must be a plain (pure) method"
         )
     assert update.validator is not None, f"{cls.__name__}.{name} has no validator"
-    assert ast.unparse(_body(update.validator)) == "self.validate(cmd)", (
+    assert _body(update.validator) == "self.validate(cmd)", (
         f"{cls.__name__}.{name}'s validator must delegate to the registered check"
     )
-    assert ast.unparse(_body(update.fn)) == "return await self.enqueue(cmd)", (
+    assert _body(update.fn) == "return await self.enqueue(cmd)", (
         f"{cls.__name__}.{name} must only enqueue its command"
     )
 
@@ -100,3 +101,26 @@ def test_no_workflow_dispatches_by_hand(cls: type) -> None:
     """The registry is the only dispatch: no class (nor the base) defines a `handle` ladder."""
     assert not hasattr(cls, "handle"), f"{cls.__name__} defines handle(); register commands"
     assert not hasattr(cls, "handle_shared") and not hasattr(cls, "handle_reassign")
+
+
+@pytest.mark.parametrize("cls", ALL_WORKFLOWS, ids=lambda c: c.__name__)
+def test_every_outcome_of_every_task_kind_has_its_completion(cls: type[ProcessWorkflow]) -> None:
+    """`complete_task` dispatches by (task kind, outcome) to a `@completes` method, no ladder:
+    every outcome a task of the process may be completed with has one, and nothing else is
+    registered."""
+    wanted = {(k.name, o) for k in cls.task_kinds.values() for o in k.outcomes}
+    missing = sorted(
+        f"{kind}/{outcome}"
+        for kind, outcome in wanted
+        if (kind, outcome) not in cls.completions and (kind, None) not in cls.completions
+    )
+    assert not missing, f"{cls.__name__}: nothing completes {missing}"
+    kinds = {k.name for k in cls.task_kinds.values()}
+    stray = sorted(
+        f"{kind}/{outcome}"
+        for kind, outcome in cls.completions
+        if (kind, outcome) not in wanted and not (outcome is None and kind in kinds)
+    )
+    assert not stray, f"{cls.__name__}: completions for no such kind or outcome: {stray}"
+    for name in set(cls.completions.values()):
+        assert inspect.iscoroutinefunction(getattr(cls, name)), name

@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, TaskStatus
     from domain.values import utc_iso, utc_text
-    from workflows.human_task import ProcessWorkflow, command
+    from workflows.human_task import ProcessWorkflow, command, completes
 
 S = CertificationStatus
 NOTICE_ACTIONS = {
@@ -160,16 +160,7 @@ class Certification(ProcessWorkflow):
 
     # --- the commands: check, then apply --------------------------------------------------
 
-    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
-        if task.kind == CERT_REVIEW.name and cmd.outcome == "clarify":
-            await self._ask_clarification(task, cmd)
-        elif isinstance(data, ReviewDecision):
-            await self._decide(task, cmd, data)
-        elif isinstance(data, DefenseSchedule):
-            await self._schedule_defense(task, cmd, data)
-        elif isinstance(data, DefenseHeld):
-            await self._defense_held(task, cmd, data)
-
+    @completes(CERT_REVIEW, "decide")
     async def _decide(self, task: HumanTask, cmd: CompleteTask, data: ReviewDecision) -> None:
         now = workflow.now()
         self.finish_task(task, cmd)
@@ -204,7 +195,8 @@ class Certification(ProcessWorkflow):
             notifications=[self._result_notice(self.result)],  # R-CERT-4
         )
 
-    async def _ask_clarification(self, task: HumanTask, cmd: CompleteTask) -> None:
+    @completes(CERT_REVIEW, "clarify")
+    async def _ask_clarification(self, task: HumanTask, cmd: CompleteTask, data: None) -> None:
         """R-CERT-3: the expert asks the partner instead of deciding; the review waits."""
         assert cmd.comment is not None  # the outcome requires it
         self.finish_task(task, cmd)
@@ -312,6 +304,7 @@ class Certification(ProcessWorkflow):
             )
         await self.commit(audit=audit, notifications=notes)
 
+    @completes(CERT_DEFENSE, "schedule")
     async def _schedule_defense(
         self, task: HumanTask, cmd: CompleteTask, data: DefenseSchedule
     ) -> None:
@@ -341,6 +334,7 @@ class Certification(ProcessWorkflow):
             ],
         )
 
+    @completes(CERT_DEFENSE, "held")
     async def _defense_held(self, task: HumanTask, cmd: CompleteTask, data: DefenseHeld) -> None:
         defense = self.attempt.defense
         assert defense is not None

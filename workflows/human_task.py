@@ -108,6 +108,18 @@ def command(
     return mark
 
 
+def completes(kind: TaskKind, *outcomes: str) -> Callable[[ApplyFn], ApplyFn]:
+    """Register the decorated `async (self, task, cmd, data)` method as what completing a task of
+    `kind` with one of `outcomes` (all of the kind's when none are named) does, once the checks
+    have passed (`data` is `cmd.data` parsed by the outcome's model). It mutates and commits."""
+
+    def mark(apply: ApplyFn) -> ApplyFn:
+        apply.__pf_completes__ = (kind.name, outcomes or (None,))  # type: ignore[attr-defined]
+        return apply
+
+    return mark
+
+
 class ProcessWorkflow:
     """Base of every process workflow. Subclasses set `process` and `task_kinds` and implement
     `record`, `view` and `describe`.
@@ -121,17 +133,25 @@ class ProcessWorkflow:
     commands: ClassVar[dict[type[BaseModel], CommandSpec]] = {}
     # Updates that take no command: they wait for a state and answer it, changing nothing.
     waiting_updates: ClassVar[frozenset[str]] = frozenset({"submitted"})
+    # (task kind, outcome or None for all) -> the `@completes` method applying it
+    completions: ClassVar[dict[tuple[str, str | None], str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         specs: dict[type[BaseModel], CommandSpec] = {}
+        completions: dict[tuple[str, str | None], str] = {}
         for klass in reversed(cls.__mro__):
             for name, attr in vars(klass).items():
                 mark = getattr(attr, "__pf_command__", None)
                 if mark is not None:
                     command_type, check, recheck = mark
                     specs[command_type] = CommandSpec(command_type, name, check, recheck)
+                done = getattr(attr, "__pf_completes__", None)
+                if done is not None:
+                    kind, outcomes = done
+                    completions.update({(kind, outcome): name for outcome in outcomes})
         cls.commands = specs
+        cls.completions = completions
 
     def __init__(self) -> None:
         self.tasks: dict[str, HumanTask] = {}
@@ -153,11 +173,6 @@ class ProcessWorkflow:
     def describe(self) -> str:
         """One sentence for the Temporal UI: what the process waits for, on whom, until when."""
         raise NotImplementedError
-
-    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
-        """Apply a completion of `task` the checks have passed (`data` is `cmd.data` parsed by
-        the outcome's model); a process with tasks overrides it."""
-        refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
 
     def process_deadline(self) -> datetime | None:
         """The next process-level moment (e.g. a certificate's expiry), besides task deadlines."""
@@ -320,7 +335,12 @@ class ProcessWorkflow:
         task = self.tasks[cmd.task_id]
         model = self.task_kinds[task.kind].outcomes[cmd.outcome].data_model
         data = None if model is None else model.model_validate(cmd.data)
-        await self.complete(task, cmd, data)
+        apply = self.completions.get((task.kind, cmd.outcome)) or self.completions.get(
+            (task.kind, None)
+        )
+        if apply is None:  # pragma: no cover - test_commands proves every outcome registers one
+            refuse("PF.BAD_REQUEST", f"nothing completes {task.kind} with {cmd.outcome!r}")
+        await getattr(self, apply)(task, cmd, data)
         return None
 
     def check_reassign(self, cmd: ReassignTask) -> None:

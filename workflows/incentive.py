@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask
     from domain.values import utc_iso, utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command, completes
 
 S = IncentiveStatus
 
@@ -133,18 +133,10 @@ class IncentiveApplication(ProcessWorkflow):
 
     # --- the main loop's command handling ---------------------------------------------------
 
-    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
-        self.finish_task(task, cmd)
-        if task.kind == INC_REVIEW.name:
-            await self._reviewed(cmd, task, data)
-        elif task.kind == INC_INVOICE_CHECK.name:
-            await self._invoice_checked(cmd, task, data)
-        else:
-            assert isinstance(data, PayoutData)
-            await self._paid(cmd, task, data)
-
-    async def _reviewed(self, cmd: CompleteTask, task: HumanTask, data: BaseModel | None) -> None:
+    @completes(INC_REVIEW)
+    async def _reviewed(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         """R-INC-5: approve (the amount may be lowered), reject with a reason, or return."""
+        self.finish_task(task, cmd)
         approved = data.amount if isinstance(data, ApproveData) else None
         self.decision = Decision(
             outcome=cmd.outcome,
@@ -175,11 +167,13 @@ class IncentiveApplication(ProcessWorkflow):
             notifications=[self._partner_notice(f"your incentive application was {self.status}")],
         )
 
+    @completes(INC_INVOICE_CHECK)
     async def _invoice_checked(
-        self, cmd: CompleteTask, task: HumanTask, data: BaseModel | None
+        self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None
     ) -> None:
         """R-INC-8: a qualified invoice starts the payout clock at its `received_at` (default
         now); an unqualified one goes back to the partner."""
+        self.finish_task(task, cmd)
         assert self.invoice_number is not None
         now = workflow.now()
         received_at: datetime | None = None
@@ -257,8 +251,10 @@ class IncentiveApplication(ProcessWorkflow):
             ],
         )
 
-    async def _paid(self, cmd: CompleteTask, task: HumanTask, data: PayoutData) -> None:
+    @completes(INC_PAYOUT)
+    async def _paid(self, task: HumanTask, cmd: CompleteTask, data: PayoutData) -> None:
         """R-INC-10: the payout is recorded with its reference and the partner is notified."""
+        self.finish_task(task, cmd)
         assert self.amount_approved is not None
         now = workflow.now()
         self.payout = Payout(

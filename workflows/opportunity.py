@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask
     from domain.values import utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command, completes
 
 S = OpportunityStatus
 
@@ -142,28 +142,30 @@ class OpportunityReview(ProcessWorkflow):
             self.pdm = cmd.assignee
         return answer
 
-    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
-        if task.kind == PO_DISPATCH.name:
-            self.finish_task(task, cmd)
-            self.pdm = str(cmd.data["pdm"])
-            details: dict[str, Any] = {"pdm": self.pdm}
-            if workflow.patched("po-dispatch-names-psm"):
-                # R-PO-3: the dispatcher names the PSM too, else the unified PSM contact.
-                assert isinstance(data, DispatchData)
-                self.psm = data.psm or self.inp.policy.unmatched_psm
-                details["psm"] = self.psm
-            await self._open_review_or_dispatch(
-                [
-                    AuditEntry(
-                        actor=cmd.actor.sub,
-                        action="dispatched",
-                        task_id=task.id,
-                        comment=cmd.comment,
-                        details=details,
-                    )
-                ]
-            )
-            return
+    @completes(PO_DISPATCH)
+    async def _dispatched(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        self.finish_task(task, cmd)
+        self.pdm = str(cmd.data["pdm"])
+        details: dict[str, Any] = {"pdm": self.pdm}
+        if workflow.patched("po-dispatch-names-psm"):
+            # R-PO-3: the dispatcher names the PSM too, else the unified PSM contact.
+            assert isinstance(data, DispatchData)
+            self.psm = data.psm or self.inp.policy.unmatched_psm
+            details["psm"] = self.psm
+        await self._open_review_or_dispatch(
+            [
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="dispatched",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details=details,
+                )
+            ]
+        )
+
+    @completes(PO_REVIEW)
+    async def _reviewed(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         criteria = getattr(data, "criteria", None)
         if cmd.outcome == "approve":
             # R-PO-4: the earlier approved PO wins. Looked up now, not at submission: the other

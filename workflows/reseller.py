@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ResellerApplicationView,
     )
     from domain.tasks import CompleteTask, HumanTask
-    from workflows.human_task import ProcessWorkflow
+    from workflows.human_task import ProcessWorkflow, completes
 
 S = ApplicationStatus
 
@@ -80,7 +80,8 @@ class ResellerApplication(ProcessWorkflow):
         await self.serve_until(lambda: self.status is not S.in_review)
         return await self.finish()
 
-    async def complete(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+    @completes(RES_REVIEW)
+    async def _decide(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         self.finish_task(task, cmd)
         self.status = S.approved if cmd.outcome == "approve" else S.rejected
         self.decision = ApplicationDecision(
