@@ -8,6 +8,9 @@ A process workflow subclasses `ProcessWorkflow`. It gets:
 - a single writer: Update handlers queue commands and wait; the main loop (`next_command`)
   applies them one at a time and `commit`s each transition to the read model, audit trail and
   outbox in one activity before the caller hears the result;
+- one registry of commands (`@command(Type, check=...)` on the apply method) and completions
+  (`@completes(kind, *outcomes)`): validators run the registered check, the main loop re-runs
+  it and applies; no per-process dispatch;
 - search attributes and `current_details` kept in step with every commit, for ops;
 - `continue_as_new`, for long-lived processes: it drains queued commands, waits for running
   handlers and carries `version`, `task_seq` and the open tasks into the next run.
@@ -38,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         AddComment,
         CarriedProcess,
         ClaimTask,
+        Command,
         CompleteTask,
         HumanTask,
         ReassignTask,
@@ -65,7 +69,7 @@ STORE_TIMEOUT = timedelta(seconds=30)
 class Pending:
     """A command accepted by an Update validator, waiting for the main loop."""
 
-    command: BaseModel
+    command: Command
     done: bool = False
     result: dict[str, Any] | None = None
     error: ApplicationError | None = None
@@ -88,14 +92,14 @@ class CommandSpec:
     - `apply(cmd)`: mutates state and commits; returns the Update's answer, or None for `view()`.
     """
 
-    command: type[BaseModel]
+    command: type[Command]
     apply: str
     check: str
     recheck: str | None = None
 
 
 def command(
-    command_type: type[BaseModel], *, check: str, recheck: str | None = None
+    command_type: type[Command], *, check: str, recheck: str | None = None
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Register the decorated async method as the `apply` of `command_type` (see `CommandSpec`);
     `check` (and `recheck`) name methods of the same class. `ProcessWorkflow` collects these per
@@ -130,7 +134,7 @@ class ProcessWorkflow:
 
     process: ClassVar[str]
     task_kinds: ClassVar[dict[str, TaskKind]]
-    commands: ClassVar[dict[type[BaseModel], CommandSpec]] = {}
+    commands: ClassVar[dict[type[Command], CommandSpec]] = {}
     # Updates that take no command: they wait for a state and answer it, changing nothing.
     waiting_updates: ClassVar[frozenset[str]] = frozenset({"submitted"})
     # (task kind, outcome or None for all) -> the `@completes` method applying it
@@ -138,7 +142,7 @@ class ProcessWorkflow:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        specs: dict[type[BaseModel], CommandSpec] = {}
+        specs: dict[type[Command], CommandSpec] = {}
         completions: dict[tuple[str, str | None], str] = {}
         for klass in reversed(cls.__mro__):
             for name, attr in vars(klass).items():
@@ -270,7 +274,7 @@ class ProcessWorkflow:
 
     # --- commands -----------------------------------------------------------------------------
 
-    async def enqueue(self, command: BaseModel) -> dict[str, Any]:
+    async def enqueue(self, command: Command) -> dict[str, Any]:
         pending = Pending(command)
         self.queue.append(pending)
         await workflow.wait_condition(lambda: pending.done)
@@ -309,13 +313,13 @@ class ProcessWorkflow:
                     pass
             await self._fire_deadlines()
 
-    def validate(self, cmd: BaseModel) -> None:
+    def validate(self, cmd: Command) -> None:
         """Every command Update's validator: refuse a stale request (`not_after`,
         PF.REQUEST_EXPIRED), then run the command's registered `check`. Pure."""
-        check_fresh(cmd, workflow.now())  # type: ignore[arg-type]
+        check_fresh(cmd, workflow.now())
         getattr(self, self._spec_of(cmd).check)(cmd)
 
-    def _spec_of(self, cmd: BaseModel) -> CommandSpec:
+    def _spec_of(self, cmd: Command) -> CommandSpec:
         spec = self.commands.get(type(cmd))
         if spec is None:  # pragma: no cover - test_commands proves every Update registers one
             refuse("PF.BAD_REQUEST", f"unknown command {type(cmd).__name__}")
