@@ -537,11 +537,12 @@ async def bench_inbox_on(
 
 
 async def bench_inbox(
-    stack: BenchStack, tasks: int, queries: int, postgres: bool
+    stack: BenchStack, tasks: int, queries: int, postgres: bool, sqlite: bool = True
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    sqlite_url = f"sqlite:///{stack.data_dir / 'inbox-bench.db'}"
-    result["sqlite"] = await bench_inbox_on(stack, "sqlite", sqlite_url, tasks, queries)
+    if sqlite:
+        sqlite_url = f"sqlite:///{stack.data_dir / 'inbox-bench.db'}"
+        result["sqlite"] = await bench_inbox_on(stack, "sqlite", sqlite_url, tasks, queries)
     if postgres:
         with throwaway_postgres() as url:
             result["postgresql"] = await bench_inbox_on(stack, "postgresql", url, tasks, queries)
@@ -636,6 +637,40 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    """The figures the issue targets, one a line, printed last so a terminal shows them.
+
+    Each line: `ratio <name>: <value> (target <bound>)`; only the sections that ran."""
+    lines: list[str] = []
+    ratio = result.get("ratios")
+    if ratio:
+        lines += [
+            f"ratio PO starts / raw starts: {ratio['starts_per_s']:.2f} (target >= 0.80)",
+            f"ratio decisions / raw decisions: {ratio['decisions_per_s']:.2f} (target >= 0.80)",
+            "ratio unloaded decision p50 / raw update p50: "
+            f"{ratio['unloaded_decision_p50']:.2f} (target <= 1.50)",
+        ]
+    for backend, section in (result.get("inbox") or {}).items():
+        view = section["pdm_assignee_me"]
+        target = " (target <= 20 ms)" if backend == "postgresql" else ""
+        lines.append(
+            f"PDM inbox p99 ({backend}, {section['tasks']:,} tasks): "
+            f"{view['p99_ms']:.1f} ms, p50 {view['p50_ms']:.1f} ms{target}"
+        )
+    cost = result.get("cost_growth")
+    if cost:
+        base, size = cost["baseline"], cost["at_size"]
+        lines.append(
+            f"worker RSS at {size['open']:,} open reviews: {size['worker_rss_mb']:.0f} MB "
+            "(target <= 1024 MB)"
+        )
+        lines.append(
+            f"ratio decision p50 at {size['open']:,} / at {base['open']:,} open: "
+            f"{cost['decision_p50_ratio']:.2f} (target <= 2.00)"
+        )
+    return lines
+
+
 def update_doc(text: str) -> None:
     if not PERFORMANCE_DOC.exists():
         return
@@ -669,7 +704,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-doc", action="store_true", help="leave docs/performance.md alone")
     p.add_argument("--keep-data", action="store_true", help="keep the temp dir (logs, databases)")
     p.add_argument("--smoke", action="store_true", help="tiny counts, no doc update (the test)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "repeated measurement, under 3 minutes on 2 cores: n=80, 12 sequential decisions, "
+            "the inbox on PostgreSQL only (100 GETs per view), no cost section, no doc update"
+        ),
+    )
+    p.add_argument("--skip-sqlite", action="store_true", help="inbox on PostgreSQL only")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.unloaded, args.inbox_queries = 80, 12, 100
+        args.skip_cost = args.skip_sqlite = args.no_doc = True
     if args.smoke:
         args.n, args.concurrency, args.unloaded = 5, 2, 3
         args.inbox_tasks, args.inbox_queries, args.open_workflows = 500, 5, 20
@@ -710,7 +757,11 @@ async def bench(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]:
             done("cost growth")
     if not args.skip_inbox:
         result["inbox"] = await bench_inbox(
-            stack, args.inbox_tasks, args.inbox_queries, not args.skip_postgres
+            stack,
+            args.inbox_tasks,
+            args.inbox_queries,
+            not args.skip_postgres,
+            sqlite=not args.skip_sqlite or args.skip_postgres,
         )
         done("inbox")
     return result
@@ -753,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: results in {path}")
     if not args.no_doc:
         update_doc(text)
+    for line in ratio_lines(result):
+        print(line)
     return 0
 
 
