@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
+    from workflows.human_task import Pending, ProcessWorkflow
 
 S = OpportunityStatus
 
@@ -63,7 +63,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @workflow.run
     async def run(self, inp: OpportunityReviewInput) -> dict[str, Any]:
-        assessment = await workflow.execute_activity_method(
+        assessment = await self.store_activity(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
                 route=RouteRequest(
@@ -74,8 +74,6 @@ class OpportunityReview(ProcessWorkflow):
                 ),
                 duplicates=self._duplicate_query(),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
         )
         self.pdm, self.psm = assessment.pdm, assessment.psm
         self.offering_unmatched = assessment.offering_unmatched
@@ -168,11 +166,8 @@ class OpportunityReview(ProcessWorkflow):
         if cmd.outcome == "approve":
             # R-PO-4: the earlier approved PO wins. Looked up now, not at submission: the other
             # PO may have been approved since.
-            approved = await workflow.execute_activity_method(
-                ReadModelActivities.find_approved_duplicate,
-                self._duplicate_query(),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
+            approved = await self.store_activity(
+                ReadModelActivities.find_approved_duplicate, self._duplicate_query()
             )
             if approved is not None:
                 self.duplicate_of = approved
@@ -351,7 +346,7 @@ class OpportunityReview(ProcessWorkflow):
         await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
 
     async def _look_for_duplicate(self) -> str | None:
-        assessment = await workflow.execute_activity_method(
+        assessment = await self.store_activity(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
                 route=RouteRequest(
@@ -362,8 +357,6 @@ class OpportunityReview(ProcessWorkflow):
                 ),
                 duplicates=self._duplicate_query(),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
         )
         self.offering_unmatched = assessment.offering_unmatched
         return assessment.duplicate_of
