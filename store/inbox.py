@@ -62,15 +62,32 @@ def holder() -> Any:
 
 
 def mine(principal: Principal) -> Any:
-    """Assigned to the caller or offered to one of their roles (`GET /v1/tasks?assignee=me`).
+    """Assigned to the caller or offered to one of their roles (`GET /v1/tasks?assignee=me`):
+    exactly `assignee = me OR offered_to(me)`.
 
-    The exact condition is the OR; the `holder IN (me, role:r, ...)` it implies is ANDed in so
-    one index (ix_tasks_holder) finds both kinds of row: a PDM's inbox at 100,000 tasks on
-    PostgreSQL reads his ~100 rows instead of walking every open task by due date."""
-    keys = [principal.sub, *(f"{HOLDER_ROLE_PREFIX}{r}" for r in principal.roles)]
+    Written as `holder IN (me, role:r, ...)`, which ix_tasks_holder (migration 0007) serves for
+    both kinds of row, plus the three conditions that make it exact, each true of almost every
+    row so the planner's row estimate stays that of the index: an assignee whose id merely
+    looks like `role:r` is not a role; an unassigned task reaches a caller only through a role
+    they hold (not through an id spelled `role:r`); an offer scoped to a partner only reaches
+    that partner's users. A PDM's inbox at 100,000 tasks on PostgreSQL then reads his ~100 rows
+    instead of walking every open task by due date (docs/performance.md)."""
+    roles = [str(r) for r in principal.roles]
+    keys = [principal.sub, *(f"{HOLDER_ROLE_PREFIX}{r}" for r in roles)]
+    assignee, role = col(TaskRow.assignee), col(TaskRow.candidate_role)
+    partner = col(TaskRow.assignee_partner_id)
+    own_partner: Any = partner.is_(None)
+    if principal.partner_id is not None:
+        own_partner = sa.or_(own_partner, partner == principal.partner_id)
     return sa.and_(
         holder().in_(keys),
-        sa.or_(col(TaskRow.assignee) == principal.sub, offered_to(principal)),
+        sa.or_(
+            assignee.is_(None),
+            sa.not_(assignee.startswith(HOLDER_ROLE_PREFIX, autoescape=True)),
+            assignee == principal.sub,
+        ),
+        sa.or_(assignee.is_not(None), role.in_(roles)),
+        sa.or_(assignee.is_not(None), own_partner),
     )
 
 
