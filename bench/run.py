@@ -280,6 +280,7 @@ class Service:
         self.pdm = stack.auth("pdm-li", ["pdm"])
         self.run_tag = uuid.uuid4().hex[:8]
         self.submitted = 0
+        self.failures: list[str] = []
 
     async def submit(self) -> str:
         self.submitted += 1
@@ -298,14 +299,23 @@ class Service:
         if r.status_code != 200:
             raise RuntimeError(f"complete {task_id} answered {r.status_code}: {r.text}")
 
-    async def submit_many(self, count: int, concurrency: int) -> tuple[list[str], dict[str, float]]:
+    async def submit_many(
+        self, count: int, concurrency: int, tolerate: bool = False
+    ) -> tuple[list[str], dict[str, float]]:
+        """`tolerate`: a refused submission is counted in `self.failures` and left out, not
+        fatal (the long cost-growth fill on a shared machine; the count is reported)."""
         task_ids: list[str] = [""] * count
 
         async def one(i: int) -> None:
-            task_ids[i] = await self.submit()
+            try:
+                task_ids[i] = await self.submit()
+            except (RuntimeError, httpx.HTTPError) as exc:
+                if not tolerate:
+                    raise
+                self.failures.append(str(exc)[:300])
 
         latencies, wall = await timed_all(count, concurrency, one)
-        return task_ids, summary(latencies, wall)
+        return [t for t in task_ids if t], summary(latencies, wall)
 
 
 async def bench_service(
@@ -393,7 +403,12 @@ def ratios(service: dict[str, Any], raw: dict[str, Any]) -> dict[str, float]:
 
 
 async def bench_cost_growth(
-    stack: BenchStack, http: httpx.AsyncClient, open_workflows: int, concurrency: int, probes: int
+    stack: BenchStack,
+    http: httpx.AsyncClient,
+    open_workflows: int,
+    concurrency: int,
+    probes: int,
+    checkpoint: int = 0,
 ) -> dict[str, Any]:
     """Decision latency and memory with `baseline` open reviews, then with `open_workflows`."""
     service = Service(stack, http)
@@ -414,14 +429,40 @@ async def bench_cost_growth(
         "decision": await probe(opened[:probes]),
     }
     opened = opened[probes:]
-    more, grow = await service.submit_many(open_workflows + probes - len(opened), concurrency)
-    opened += more
+    checkpoints: list[dict[str, Any]] = []
+    target = open_workflows + probes
+    began = time.perf_counter()
+    while len(opened) < target:
+        # Filled in steps, each reported as it is reached (a long run cut short still says how
+        # far it got): RSS and a few sequential decisions on the oldest open reviews.
+        step = min(checkpoint or target, target - len(opened))
+        more, step_starts = await service.submit_many(step, concurrency, tolerate=True)
+        opened += more
+        if checkpoint and len(opened) < target:
+            k = min(5, probes)
+            point = {
+                "open": len(opened) - k,
+                "elapsed_s": time.perf_counter() - began,
+                "fill_per_s": step_starts["per_s"],
+                "worker_rss_mb": stack.rss("worker") / 2**20,
+                "temporal_rss_mb": stack.rss("temporal") / 2**20,
+                "decision": await probe(opened[:k]),
+                "failed_starts": len(service.failures),
+            }
+            opened = opened[k:]
+            checkpoints.append(point)
+            print(f"bench: cost growth checkpoint {json.dumps(point)}", flush=True)
+    grow = {"count": float(len(opened)), "wall_s": time.perf_counter() - began}
+    grow["per_s"] = grow["count"] / grow["wall_s"] if grow["wall_s"] else 0.0
     at_size: dict[str, Any] = {
         "open": len(opened) - probes,
         "worker_rss_mb": stack.rss("worker") / 2**20,
         "temporal_rss_mb": stack.rss("temporal") / 2**20,
         "decision": await probe(opened[:probes]),
         "fill_starts": grow,
+        "failed_starts": len(service.failures),
+        "failures": service.failures[:5],
+        "checkpoints": checkpoints,
     }
     p50_ratio = at_size["decision"]["p50_ms"] / max(at_baseline["decision"]["p50_ms"], 1e-9)
     return {"baseline": at_baseline, "at_size": at_size, "decision_p50_ratio": p50_ratio}
@@ -695,6 +736,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--open-workflows", type=int, default=2000, help="open reviews for cost growth (2000)"
     )
+    p.add_argument(
+        "--cost-checkpoint",
+        type=int,
+        default=0,
+        help="while filling, report RSS and 5 decisions every this many starts (0: never)",
+    )
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--skip-inbox", action="store_true")
@@ -752,7 +799,12 @@ async def bench(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]:
             result["ratios"] = ratios(result["service"], result["raw"])
         if not args.skip_cost:
             result["cost_growth"] = await bench_cost_growth(
-                stack, http, args.open_workflows, args.concurrency, args.unloaded
+                stack,
+                http,
+                args.open_workflows,
+                args.concurrency,
+                args.unloaded,
+                args.cost_checkpoint,
             )
             done("cost growth")
     if not args.skip_inbox:
