@@ -154,6 +154,8 @@ class BenchStack:
     """Dev server (SQLite persistence), worker and API as separate processes, as `make run`."""
 
     data_dir: Path
+    workers: int = 1
+    worker_settings: dict[str, str] = field(default_factory=dict)
     settings: Settings = field(init=False)
     env: dict[str, str] = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -179,6 +181,9 @@ class BenchStack:
             "PARTNERFLOW_RATE_LIMIT__BURST": "1000000",
             "PARTNERFLOW_UPDATE_TIMEOUT_SECONDS": "60",
             "PYTHONUNBUFFERED": "1",
+            # --worker-setting NAME=VALUE: PARTNERFLOW_NAME for every process (e.g.
+            # worker_max_cached_workflows=5000), so one setting can be measured at a time
+            **{f"PARTNERFLOW_{k.upper()}": v for k, v in self.worker_settings.items()},
         }
 
     @property
@@ -211,7 +216,9 @@ class BenchStack:
             if time.monotonic() > deadline:
                 raise RuntimeError("the Temporal dev server did not start")
             time.sleep(0.2)
-        self.spawn("worker", [sys.executable, str(ROOT / "worker.py")])
+        for n in range(self.workers):
+            name = "worker" if n == 0 else f"worker{n + 1}"
+            self.spawn(name, [sys.executable, str(ROOT / "worker.py")])
         self.start_api("api", self.settings.api_port, self.env)
         tokens = self.auth("ops-bench", ["ops_admin"])
         with httpx.Client(base_url=self.url(), headers=tokens, timeout=30) as client:
@@ -252,7 +259,9 @@ class BenchStack:
         return {"Authorization": f"Bearer {token}"}
 
     def rss(self, name: str) -> int:
-        return tree_rss_bytes(self.processes[name].pid)
+        """Resident bytes of a process tree; "worker" sums every worker process."""
+        names = [n for n in self.processes if n == name or (name == "worker" and n[6:].isdigit())]
+        return sum(tree_rss_bytes(self.processes[n].pid) for n in names)
 
 
 # --- the service over HTTP ----------------------------------------------------------------------
@@ -742,6 +751,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="while filling, report RSS and 5 decisions every this many starts (0: never)",
     )
+    p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    p.add_argument(
+        "--worker-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a config.Settings field for the stack, e.g. worker_max_cached_workflows=5000",
+    )
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--skip-inbox", action="store_true")
@@ -837,7 +854,8 @@ async def wait_for_temporal(stack: BenchStack) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = Path(tempfile.mkdtemp(prefix="partnerflow-bench-"))
-    stack = BenchStack(data_dir)
+    settings = dict(item.split("=", 1) for item in args.worker_setting)
+    stack = BenchStack(data_dir, workers=args.workers, worker_settings=settings)
     try:
         print(f"bench: starting the stack in {data_dir}", flush=True)
         stack.start()
