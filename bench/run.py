@@ -437,6 +437,7 @@ async def bench_cost_growth(
         # the oldest reviews, the ones least likely to be in the worker's cache
         "decision": await probe(opened[:probes]),
     }
+    print(f"bench: cost growth baseline {json.dumps(at_baseline)}", flush=True)
     opened = opened[probes:]
     checkpoints: list[dict[str, Any]] = []
     target = open_workflows + probes
