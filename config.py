@@ -6,6 +6,7 @@ running workflow keeps the policy it started with. Workflow code never imports t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Self
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.policy import Policy
+from domain.policy import IsoDuration, Policy, add_duration
 
 DEVELOPMENT_JWT_SECRET = "partnerflow-development-secret-change-me!"
 
@@ -25,10 +26,20 @@ class Environment(StrEnum):
 
 
 class RateLimit(BaseModel):
-    """R-X-1: per-caller token bucket; over it the API answers 429 with Retry-After."""
+    """R-X-1: per caller (the token's `sub` when it verifies, else the client address), at most
+    `burst` requests in any `burst / requests_per_second` seconds; over it the API answers 429
+    with Retry-After. Counted through the `limits` library in `storage_url`: `memory://` (this
+    process, the default) or `redis://host:6379/N`, shared by every API replica."""
 
-    requests_per_second: float = 50.0
-    burst: int = 100
+    requests_per_second: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=100, ge=1)
+    storage_url: str = Field(
+        default="memory://",
+        description="where the limiter counts: memory:// (per process) or redis://host:port/db",
+    )
+    key_prefix: str = Field(
+        default="partnerflow-rl", description="prefix of the limiter's keys in a shared store"
+    )
 
 
 class Settings(BaseSettings):
@@ -48,6 +59,10 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     task_queue: str = "partnerflow"
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    jwt_leeway: IsoDuration = Field(
+        default="PT30S",
+        description="clock leeway for a token's iat, nbf and exp (ISO 8601 duration)",
+    )
     api_port: int = 8000
     temporal_port: int = 7233
     ui_port: int = 8233
@@ -91,6 +106,12 @@ class Settings(BaseSettings):
         if len(self.jwt_secret) < 32:
             raise ValueError("PARTNERFLOW_JWT_SECRET must be at least 32 characters for HS256")
         return self
+
+    @property
+    def jwt_leeway_seconds(self) -> float:
+        """`jwt_leeway` in seconds (a calendar-free duration: PT30S, PT1M)."""
+        epoch = datetime(2000, 1, 1, tzinfo=UTC)
+        return (add_duration(epoch, self.jwt_leeway) - epoch).total_seconds()
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM stops the API, then the worker, then Temporal; a child that di
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -229,7 +230,8 @@ def demo_tokens(settings: Settings) -> dict[str, str]:
 
 
 def load_demo_data(client: httpx.Client) -> None:
-    """Idempotent PUTs through the admin API, so running it again changes nothing."""
+    """Idempotent PUTs through the admin API, replacing what is there: for throwaway stacks
+    (bench/). `make run` uses `seed_demo_data`, which never overwrites an operator's data."""
     requests: list[tuple[str, object]] = [
         *((f"/v1/admin/partners/{pid}", body) for pid, body in DEMO_PARTNERS.items()),
         *((f"/v1/admin/accounts/{aid}", body) for aid, body in DEMO_ACCOUNTS.items()),
@@ -242,6 +244,69 @@ def load_demo_data(client: httpx.Client) -> None:
             raise DevStackError(
                 f"loading demo data: PUT {path} answered {response.status_code}: {response.text}"
             )
+
+
+async def seed_demo_data(database_url: str) -> bool:
+    """Loads the demo partners, accounts, offerings and routing rules into an EMPTY store, in
+    one transaction, validated by the admin API's own models and audited as the admin routes
+    audit (actor `devstack`). A store that holds any reference data (a partner, an account, an
+    offering or a routing rule) is left exactly as it is: restarting `make run` never replaces
+    what an operator set through the API. Runs before the API listens, so `/readyz` cannot say
+    ready before the demo data is there. Returns whether it seeded."""
+    # Imported here so that importing devstack (the tests do) does not need the API.
+    from sqlmodel import select
+
+    from api.routes.admin import AccountIn, OfferingIn, PartnerIn, RoutingRuleIn
+    from store.db import create_engine, session_factory
+    from store.models import Account, AuditEvent, Offering, Partner, RoutingRule, utcnow
+
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for table in (Partner, Account, Offering, RoutingRule):
+                if (await session.exec(select(table).limit(1))).first() is not None:
+                    return False
+            saved: list[tuple[str, str, dict[str, Any]]] = []
+            for pid, raw in DEMO_PARTNERS.items():
+                partner = PartnerIn.model_validate(raw)
+                session.add(Partner(id=pid, **partner.model_dump()))
+                saved.append((f"partner:{pid}", "partner_saved", partner.model_dump(mode="json")))
+            for aid, raw in DEMO_ACCOUNTS.items():
+                account = AccountIn.model_validate(raw)
+                session.add(Account(id=aid, **account.model_dump()))
+                saved.append((f"account:{aid}", "account_saved", account.model_dump(mode="json")))
+            offerings = [OfferingIn.model_validate(o) for o in DEMO_OFFERINGS]
+            session.add_all(Offering(**o.model_dump()) for o in offerings)
+            saved.append(
+                ("offerings", "offerings_replaced", {"codes": [o.code for o in offerings]})
+            )
+            rules = [RoutingRuleIn.model_validate(r) for r in DEMO_ROUTING_RULES]
+            session.add_all(
+                RoutingRule(position=n, **rule.model_dump()) for n, rule in enumerate(rules)
+            )
+            saved.append(
+                (
+                    "routing-rules",
+                    "routing_rules_replaced",
+                    {"rules": [r.model_dump() for r in rules]},
+                )
+            )
+            stamp = time.time_ns() // 1000
+            session.add_all(
+                AuditEvent(
+                    subject_id=subject,
+                    version=stamp,
+                    position=0,
+                    at=utcnow(),
+                    actor="devstack",
+                    action=action,
+                    details=details,
+                )
+                for subject, action, details in saved
+            )
+        return True
+    finally:
+        await engine.dispose()
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -326,6 +391,12 @@ class DevStack:
         if migrate.returncode != 0:
             raise DevStackError(f"migrations failed (exit {migrate.returncode}); see above")
 
+        if asyncio.run(seed_demo_data(settings.resolved_database_url)):
+            log.info("loaded the demo data into the empty store")
+        else:
+            log.info("the store already holds reference data: demo data not loaded")
+        self._checkpoint()
+
         log.info("starting the Temporal dev server on %s:%d", LOCALHOST, settings.temporal_port)
         db_filename = str(self.data_dir / "temporal.db")
         self._spawn("temporal", temporal_dev_server_command(settings, db_filename))
@@ -343,18 +414,7 @@ class DevStack:
         self._spawn("api", [*uvicorn, "--host", LOCALHOST, "--port", str(settings.api_port)])
         self._wait_for_api()
 
-        tokens = demo_tokens(settings)
-        with httpx.Client(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {tokens['OPS_TOKEN']}"},
-            timeout=10.0,
-        ) as client:
-            try:
-                load_demo_data(client)
-            except httpx.HTTPError as error:
-                raise DevStackError(f"loading demo data: {error!r}") from error
-        self._checkpoint()
-        self._print_banner(tokens)
+        self._print_banner(demo_tokens(settings))
 
     def _refuse_busy_ports(self) -> None:
         for variable, port in (

@@ -30,10 +30,17 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def principal_from_token(token: str, secret: str) -> Principal:
+def principal_from_token(token: str, secret: str, *, leeway_seconds: float = 30.0) -> Principal:
+    """The caller named by a verified HS256 token. `exp` and `sub` are required; `iat`, `nbf`
+    and `exp` are checked with `leeway_seconds` of clock skew (setting `jwt_leeway`, PT30S).
+    Raises 401 `PF.UNAUTHENTICATED`."""
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "exp"]},
+            leeway=leeway_seconds,
         )
     except jwt.ExpiredSignatureError as exc:
         raise ApiError("PF.UNAUTHENTICATED", "the token has expired") from exc
@@ -56,7 +63,10 @@ def current_user(request: Request) -> Principal:
             "send Authorization: Bearer <JWT>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = principal_from_token(token.strip(), request.app.state.settings.jwt_secret)
+    settings = request.app.state.settings
+    principal = principal_from_token(
+        token.strip(), settings.jwt_secret, leeway_seconds=settings.jwt_leeway_seconds
+    )
     request.state.principal = principal
     return principal
 
@@ -65,8 +75,10 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
 def require_roles(principal: Principal, *roles: Role) -> None:
-    if not principal.has(*roles):
-        raise ApiError("PF.FORBIDDEN", f"this needs one of the roles: {', '.join(sorted(roles))}")
+    """403 unless one of `roles` counts for the caller (R-X-8: see `api.access.require_role`)."""
+    from api.access import require_role
+
+    require_role(principal, *roles)
 
 
 def require_partner_user(principal: Principal) -> str:
@@ -89,7 +101,9 @@ def require_staff(principal: Principal) -> None:
 
 
 def may_see_partner_item(principal: Principal, partner_id: str | None) -> bool:
-    """Partner users see their own partner's items only; staff see all."""
-    if principal.is_staff:
-        return True
-    return principal.partner_id is not None and principal.partner_id == partner_id
+    """R-X-8, kept for callers that know only the owning partner: a partner-scoped caller sees
+    its own partner's items only; staff (no `partner_id`) those of any partner. Prefer
+    `api.access.check_may_see`, which also knows which staff roles read which process."""
+    if principal.partner_id is not None:
+        return principal.partner_id == partner_id
+    return principal.is_staff

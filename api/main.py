@@ -12,13 +12,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from api.business_metrics import BusinessMetrics
 from api.errors import envelope, install_error_handlers
 from api.middleware import BodyTooLarge, GuardMiddleware, RequestIdMiddleware
+from api.openapi import install_openapi, operation_id
 from api.routes import (
     admin,
     certifications,
+    comments,
     customers,
     health,
     incentives,
     invitations,
+    lists,
     opportunities,
     resellers,
     tasks,
@@ -62,6 +65,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
 
@@ -72,7 +76,11 @@ def create_app(
         )
 
     app.add_middleware(
-        GuardMiddleware, max_body_bytes=settings.max_body_bytes, rate_limit=settings.rate_limit
+        GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        rate_limit=settings.rate_limit,
+        jwt_secret=settings.jwt_secret,
+        jwt_leeway_seconds=settings.jwt_leeway_seconds,
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: refusals carry a request id too
     if tracing is not None:
@@ -87,8 +95,11 @@ def create_app(
         customers,
         resellers,
         incentives,
+        lists,
+        comments,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

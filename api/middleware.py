@@ -3,14 +3,18 @@ request ids."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from typing import Any
 
+import jwt
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import Storage as AsyncStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +28,10 @@ access_log = logging.getLogger("partnerflow.access")
 REQUESTS = Counter(
     "partnerflow_http_requests_total", "HTTP requests", ["method", "route", "status"]
 )
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "partnerflow_rate_limit_storage_errors_total",
+    "requests let through because the rate limiter's shared store was unreachable (R-X-1)",
+)
 LATENCY = Histogram(
     "partnerflow_http_request_seconds",
     "HTTP request latency",
@@ -32,49 +40,66 @@ LATENCY = Histogram(
 )
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
 class RateLimiter:
-    """A token bucket per caller (bearer token, else client address), in this process.
+    """R-X-1 through the `limits` library: a sliding-window counter per caller, `burst`
+    requests per `burst / requests_per_second` seconds (rounded up to whole seconds), in the
+    storage `limit.storage_url` names (`memory://`: this process; `redis://…`: shared by every
+    replica, keys under `limit.key_prefix`).
 
-    Behind several API replicas each replica limits on its own; the vendor's gateway limits
-    globally in front (DESIGN R-X-1).
+    A shared store that cannot be reached fails open: the request is served, the failure is
+    logged and counted in `partnerflow_rate_limit_storage_errors_total` (an outage of the
+    limiter's store must not take the API down; the vendor's gateway still limits in front).
     """
 
-    def __init__(self, limit: RateLimit, max_callers: int = 100_000) -> None:
-        self.rate = limit.requests_per_second
-        self.burst = limit.burst
-        self.max_callers = max_callers
-        self.buckets: dict[str, _Bucket] = {}
+    def __init__(self, limit: RateLimit) -> None:
+        window = max(1, math.ceil(limit.burst / limit.requests_per_second))
+        self.item = RateLimitItemPerSecond(limit.burst, window)
+        url = limit.storage_url
+        options: dict[str, Any] = {}
+        if url.startswith(("redis://", "rediss://")):
+            url = f"async+{url}"
+            options = {"implementation": "redispy", "key_prefix": limit.key_prefix}
+        elif url.startswith("memory://"):
+            url = "async+memory://"
+        storage = storage_from_string(url, **options)
+        if not isinstance(storage, AsyncStorage):
+            raise ValueError(f"rate_limit.storage_url {limit.storage_url!r} is not supported")
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
 
-    def take(self, caller: str) -> float:
-        """0 if allowed, else seconds until a token is free."""
-        now = time.monotonic()
-        bucket = self.buckets.get(caller)
-        if bucket is None:
-            if len(self.buckets) >= self.max_callers:
-                self.buckets.clear()
-            bucket = self.buckets[caller] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+    async def take(self, caller: str) -> float:
+        """0 if allowed, else seconds until the caller may try again."""
+        try:
+            if await self.limiter.hit(self.item, caller):
+                return 0.0
+            stats = await self.limiter.get_window_stats(self.item, caller)
+        except Exception:  # the store is down: fail open (see the class docstring)
+            RATE_LIMIT_STORAGE_ERRORS.inc()
+            access_log.warning("rate limit storage unreachable; request let through", exc_info=True)
             return 0.0
-        return (1 - bucket.tokens) / self.rate
+        return max(1.0, stats.reset_time - time.time())
 
 
 class GuardMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware buffering): rejects over-large bodies with 413 and
-    callers over their rate with 429 + Retry-After, and records request metrics."""
+    """Pure ASGI (no BaseHTTPMiddleware buffering), before authentication: refuses callers over
+    their rate with 429 + Retry-After (keyed by the bearer's verified `sub`, else the client
+    address, so rotating invalid tokens does not escape it) and bodies over `max_body_bytes`
+    with 413 — whether announced by Content-Length or streamed chunked — and records request
+    metrics. Both refusals are in the error envelope."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, rate_limit: RateLimit) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        rate_limit: RateLimit,
+        jwt_secret: str = "",
+        jwt_leeway_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.limiter = RateLimiter(rate_limit)
+        self.jwt_secret = jwt_secret
+        self.jwt_leeway_seconds = jwt_leeway_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,34 +115,34 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            rejection = self._reject(scope)
+            rejection = await self._reject(scope)
+            if rejection is None:
+                receive, too_large = await self._read_body(receive)
+                if too_large:
+                    rejection = self._too_large()
             if rejection is not None:
                 await rejection(scope, receive, send_wrapper)
                 return
-            await self.app(scope, self._limited_receive(receive), send_wrapper)
+            await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             REQUESTS.labels(method, path, str(status_holder["status"])).inc()
             LATENCY.labels(method, path).observe(time.perf_counter() - started)
 
-    def _reject(self, scope: Scope):  # type: ignore[no-untyped-def]
+    def _too_large(self) -> Any:
+        return envelope(
+            "PF.PAYLOAD_TOO_LARGE", f"the body is larger than {self.max_body_bytes} bytes"
+        )
+
+    async def _reject(self, scope: Scope) -> Any:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return envelope(
-                "PF.PAYLOAD_TOO_LARGE", f"the body is larger than {self.max_body_bytes} bytes"
-            )
+            return self._too_large()
         if scope["path"] in ("/healthz", "/readyz", "/metrics"):
             return None
-        auth = headers.get(b"authorization")
-        client = scope.get("client")
-        caller = (
-            hashlib.sha256(auth).hexdigest()
-            if auth
-            else f"addr:{client[0] if client else 'unknown'}"
-        )
-        wait = self.limiter.take(caller)
+        wait = await self.limiter.take(self._caller(scope, headers))
         if wait > 0:
             return envelope(
                 "PF.RATE_LIMITED",
@@ -126,24 +151,58 @@ class GuardMiddleware:
             )
         return None
 
-    def _limited_receive(self, receive: Receive) -> Receive:
+    def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        """`sub:<sub>` for a bearer that verifies, else `addr:<client address>`."""
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip() and self.jwt_secret:
+            try:
+                claims = jwt.decode(
+                    token.strip(),
+                    self.jwt_secret,
+                    algorithms=["HS256"],
+                    options={"require": ["sub", "exp"]},
+                    leeway=self.jwt_leeway_seconds,
+                )
+                return f"sub:{claims['sub']}"
+            except (jwt.PyJWTError, KeyError):
+                pass
+        client = scope.get("client")
+        return f"addr:{client[0] if client else 'unknown'}"
+
+    async def _read_body(self, receive: Receive) -> tuple[Receive, bool]:
+        """Reads the whole body, counting bytes as they stream in (a chunked body has no
+        Content-Length to check up front): (a `receive` that hands the app the buffered body,
+        whether it passed the limit)."""
+        chunks: list[bytes] = []
         seen = 0
-        limit = self.max_body_bytes
-
-        async def wrapped() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return _replay([message], receive), False  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                return receive, True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return _replay([whole], receive), False
 
-        return wrapped
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
 
 
 class BodyTooLarge(Exception):
-    """A chunked body passed the limit while being read."""
+    """A body passed the limit while being read (the app's handler answers 413)."""
 
 
 # A caller's id is kept only if it cannot garble a log line or a header.
@@ -197,14 +256,25 @@ class RequestIdMiddleware:
             REQUEST_ID.reset(token)
 
 
+# Path parameters by what they name. Only these name a workflow (a process id); `{task_id}`
+# names a task (`<workflow id>.<n>`); the rest name reference data, never a workflow. A route
+# with a parameter in none of these sets fails tests/test_access_log_subject.py: classify it.
+WORKFLOW_ID_PARAMS = frozenset(
+    {"po_id", "cert_id", "inc_id", "inv_id", "cinv_id", "dis_id", "app_id", "process_id"}
+)
+TASK_ID_PARAM = "task_id"
+OTHER_ID_PARAMS = frozenset({"partner_id", "account_id"})
+
+
 def _subject(path_params: dict[str, object]) -> dict[str, str]:
-    """The task and workflow a request is about: `{task_id}` (ids are `<workflow id>.<n>`) or
-    any other `{..._id}` path parameter, which names a process, i.e. a workflow."""
-    task_id = path_params.get("task_id")
+    """The task and workflow a request is about, for the access log: `{task_id}` (ids are
+    `<workflow id>.<n>`) or a parameter of `WORKFLOW_ID_PARAMS`. Other parameters (an admin
+    route's `{partner_id}`) name no workflow and set none."""
+    task_id = path_params.get(TASK_ID_PARAM)
     if task_id:
         task = str(task_id)
         return {"task_id": task, "workflow_id": task.rpartition(".")[0] or task}
     for name, value in path_params.items():
-        if name.endswith("_id"):
+        if name in WORKFLOW_ID_PARAMS:
             return {"workflow_id": str(value)}
     return {}

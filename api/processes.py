@@ -23,7 +23,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from api.auth import may_see_partner_item, require_partner_user
+from api import access
 from api.errors import ApiError, temporal_errors
 from config import Settings
 from domain.principal import Principal
@@ -183,12 +183,9 @@ async def load_partner_item(
     noun: str,
     principal: Principal,
 ) -> ProcessRow:
-    """As `load_process`, and 403 unless the caller may see the partner's item (staff, or a
-    user of that partner)."""
+    """As `load_process`, and 403 unless the caller may see the item (R-X-8, `api.access`)."""
     row = await load_process(sessions, process=process, item_id=item_id, noun=noun)
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", f"this {noun} belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, noun)
 
 
 async def partner_update(
@@ -206,10 +203,8 @@ async def partner_update(
     closed: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """A partner user's Update on its own item: found, visible, not in a `closed` status."""
-    row = await load_partner_item(
-        sessions, process=process, item_id=item_id, noun=noun, principal=principal
-    )
-    require_partner_user(principal)
+    row = await load_process(sessions, process=process, item_id=item_id, noun=noun)
+    access.check_owner_action(principal, row, noun)
     if row.status in closed:
         raise ApiError("PF.PROCESS_CLOSED", f"{noun} {item_id} is {row.status}")
     return await send_update(

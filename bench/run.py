@@ -46,10 +46,11 @@ from devstack import (
     port_accepts_connections,
     temporal_dev_server_command,
 )
+from domain.summaries import process_summary, search_text
 from domain.tasks import HumanTask
 from store.db import sync_url
 from store.migrate import upgrade
-from store.models import TaskRow
+from store.models import ProcessRow, TaskRow
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -600,6 +601,115 @@ async def bench_inbox(
     return result
 
 
+# --- lists (GET /v1/{resource}) ------------------------------------------------------------------
+
+LIST_PARTNERS = 500
+LIST_PARTNER = "p-007"
+LIST_STATUSES = ("in_review", "approved", "rejected", "won", "delivered", "cancelled")
+
+
+def list_rows(count: int) -> Iterator[dict[str, Any]]:
+    """`count` POs of 500 partners, updated over a year; one in four shares its updated_at with
+    another (ties for the keyset)."""
+    rng = random.Random(11)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(count):
+        pid, partner = f"po-list-{i:07d}", f"p-{i % LIST_PARTNERS:03d}"
+        updated = now - timedelta(seconds=rng.randrange(365 * 86400) if i % 4 else i // 4)
+        status = LIST_STATUSES[rng.randrange(len(LIST_STATUSES))]
+        view = {
+            "id": pid, "partner_id": partner, "status": status,
+            "customer_name": f"Customer {i}", "project_name": f"Project {i % 997}",
+            "offerings": ["ecs"], "amount": "1200.00", "region": None, "industry": None,
+            "expected_close_date": "2027-03-31", "submitted_by": "u-bench",
+            "created_at": updated.isoformat(), "updated_at": updated.isoformat(),
+        }  # fmt: skip
+        summary = process_summary("opportunity", view, f"Partner {partner}")
+        yield {
+            "id": pid, "process": "opportunity", "partner_id": partner, "status": status,
+            "submitted_by": "u-bench", "match_key": None, "version": 1,
+            "created_at": updated, "updated_at": updated, "view": view, "summary": summary,
+            "addressee": None, "search_text": search_text("opportunity", view, summary),
+        }  # fmt: skip
+
+
+def fill_lists(database_url: str, count: int) -> float:
+    began = time.perf_counter()
+    engine = sa.create_engine(sync_url(database_url))
+    try:
+        rows = list_rows(count)
+        with engine.begin() as conn:
+            while batch := [row for _, row in zip(range(5000), rows, strict=False)]:
+                conn.execute(sa.insert(ProcessRow.__table__), batch)  # type: ignore[attr-defined]
+            conn.execute(
+                sa.text("ANALYZE processes" if "postgresql" in database_url else "ANALYZE")
+            )
+    finally:
+        engine.dispose()
+    return time.perf_counter() - began
+
+
+async def bench_lists_on(
+    stack: BenchStack, name: str, database_url: str, processes: int, queries: int
+) -> dict[str, Any]:
+    """An API of its own on a read model of `processes` POs; list pages one at a time."""
+    upgrade(database_url)
+    fill_s = fill_lists(database_url, processes)
+    port = free_port()
+    api = f"lists_api_{name}"
+    stack.start_api(api, port, {**stack.env, "PARTNERFLOW_DATABASE_URL": database_url})
+    try:
+        result: dict[str, Any] = {"processes": processes, "fill_s": fill_s}
+        partner = stack.auth("u-bench", ["partner_admin"], LIST_PARTNER)
+        staff = stack.auth("ops-bench", ["ops_admin"])
+        async with httpx.AsyncClient(base_url=stack.url(port), timeout=30) as http:
+            first = await http.get("/v1/opportunities", params={"limit": 20}, headers=partner)
+            first.raise_for_status()
+            later = first.json()["next_cursor"] or ""
+            views = {
+                "partner_first_page": (partner, {}),
+                "partner_next_page": (partner, {"cursor": later} if later else {}),
+                "staff_first_page": (staff, {}),
+                "staff_status": (staff, {"status": "approved"}),
+                "staff_partner": (staff, {"partner_id": LIST_PARTNER, "status": "won"}),
+                "staff_updated_after": (
+                    staff,
+                    {"updated_after": (datetime.now(UTC) - timedelta(days=30)).isoformat()},
+                ),
+                "partner_q": (partner, {"q": "project 12"}),
+            }
+            for view, (headers, params) in views.items():
+                query = {"limit": 20, **params}
+                r = await http.get("/v1/opportunities", params=query, headers=headers)
+                r.raise_for_status()
+                items = len(r.json()["items"])
+
+                async def get(
+                    _: int, headers: dict[str, str] = headers, query: Any = query
+                ) -> None:
+                    response = await http.get("/v1/opportunities", params=query, headers=headers)
+                    response.raise_for_status()
+
+                result[view] = {**summary(await timed_sequential(queries, get)), "items": items}
+        return result
+    finally:
+        stack.stop(api)
+
+
+async def bench_lists(
+    stack: BenchStack, processes: int, queries: int, postgres: bool
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    sqlite_url = f"sqlite:///{stack.data_dir / 'lists-bench.db'}"
+    result["sqlite"] = await bench_lists_on(stack, "sqlite", sqlite_url, processes, queries)
+    if postgres:
+        with throwaway_postgres() as url:
+            result["postgresql"] = await bench_lists_on(
+                stack, "postgresql", url, processes, queries
+            )
+    return result
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -661,6 +771,13 @@ def table(result: dict[str, Any]) -> str:
             target = "p99 ≤ 20 ms" if backend == "postgresql" else "—"
             rows.append(
                 f"| inbox {backend}, {section['tasks']:,} tasks, {view} "
+                f"| {ms(section[view])} | | | {target} |"
+            )
+    for backend, section in (result.get("lists") or {}).items():
+        for view in [k for k, v in section.items() if isinstance(v, dict)]:
+            target = "p99 ≤ 20 ms" if backend == "postgresql" else "—"
+            rows.append(
+                f"| list {backend}, {section['processes']:,} processes, {view} "
                 f"| {ms(section[view])} | | | {target} |"
             )
     cost = result.get("cost_growth")
@@ -763,6 +880,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--skip-inbox", action="store_true")
+    p.add_argument("--list-processes", type=int, default=100_000, help="list rows (100000)")
+    p.add_argument("--list-queries", type=int, default=200, help="GETs per list view (200)")
+    p.add_argument("--skip-lists", action="store_true")
     p.add_argument("--skip-postgres", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -786,6 +906,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.n, args.concurrency, args.unloaded = 5, 2, 3
         args.inbox_tasks, args.inbox_queries, args.open_workflows = 500, 5, 20
         args.no_doc = True
+        args.list_processes, args.list_queries = 500, 5
     return args
 
 
@@ -834,6 +955,11 @@ async def bench(args: argparse.Namespace, stack: BenchStack) -> dict[str, Any]:
             sqlite=not args.skip_sqlite or args.skip_postgres,
         )
         done("inbox")
+    if not args.skip_lists:
+        result["lists"] = await bench_lists(
+            stack, args.list_processes, args.list_queries, not args.skip_postgres
+        )
+        done("lists")
     return result
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 from domain.policy import Policy, add_duration, subtract_duration
 from domain.principal import Role
 from domain.tasks import CarriedProcess, Command, OutcomeSpec, TaskKind
+from domain.values import UtcDateTime
 
 SUBJECT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Subject = Annotated[str, StringConstraints(pattern=SUBJECT_PATTERN)]
@@ -232,8 +233,8 @@ CERT_TASK_KINDS = {kind.name: kind for kind in (CERT_REVIEW, CERT_DEFENSE)}
 class Period(BaseModel):
     """One validity: from a (re)certification pass to `valid_until`, exclusive."""
 
-    passed_at: datetime
-    valid_until: datetime
+    passed_at: UtcDateTime
+    valid_until: UtcDateTime
 
     def covers(self, at: datetime) -> bool:
         return self.passed_at <= at < self.valid_until
@@ -246,17 +247,17 @@ class Notice(BaseModel):
     """A moment of the certificate's calendar the workflow acts on (R-CERT-6/7/8)."""
 
     kind: NoticeKind
-    at: datetime
+    at: UtcDateTime
     state: Literal["scheduled", "sent", "skipped"] = "scheduled"
 
 
 class Defense(BaseModel):
     requested_by: str
-    requested_at: datetime
+    requested_at: UtcDateTime
     reason: str
-    scheduled_at: datetime | None = None
+    scheduled_at: UtcDateTime | None = None
     meeting: str | None = None
-    held_at: datetime | None = None
+    held_at: UtcDateTime | None = None
     held_by: str | None = None
     minutes: str | None = None
 
@@ -265,7 +266,7 @@ class ReviewResult(BaseModel):
     attempt: int
     outcome: Literal["pass", "fail"]
     decided_by: str
-    decided_at: datetime
+    decided_at: UtcDateTime
     comment: str | None = None
     items: list[AssessmentItem]
 
@@ -276,7 +277,7 @@ class Attempt(BaseModel):
     number: int
     kind: Literal["certification", "recertification"]
     submitted_by: str
-    submitted_at: datetime
+    submitted_at: UtcDateTime
     evidence: list[Evidence]
     comment: str | None = None
     defense: Defense | None = None
@@ -309,19 +310,19 @@ class CertificationView(BaseModel):
     subject: str
     level: int | None
     status: CertificationStatus
-    passed_at: datetime | None = None  # the latest pass: validity runs from it
-    valid_until: datetime | None = None
-    window_opens_at: datetime | None = None
+    passed_at: UtcDateTime | None = None  # the latest pass: validity runs from it
+    valid_until: UtcDateTime | None = None
+    window_opens_at: UtcDateTime | None = None
     items: list[AssessmentItem] = Field(default_factory=list)
     result: ReviewResult | None = None
     attempt: Attempt
-    defense_until: datetime | None = None
+    defense_until: UtcDateTime | None = None
     periods: list[Period] = Field(default_factory=list)
     notices: list[Notice] = Field(default_factory=list)
     open_task_id: str | None = None
     submitted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
     def certified_at(self, at: datetime) -> bool:
         return any(p.covers(at) for p in self.periods)

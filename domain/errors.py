@@ -43,7 +43,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.INVALID_DATA": 422,
     "PF.WRONG_STATE": 409,
     "PF.NOT_OWNER": 403,
-    "PF.REQUEST_EXPIRED": 503,  # the process saw it after the API stopped waiting: retry
+    "PF.REQUEST_EXPIRED": 503,
+    # claims on tasks offered to a role (POST /v1/tasks/{id}/claim, /unclaim)
+    "PF.TASK_CLAIMED": 409,
+    "PF.TASK_NOT_CLAIMED": 409,
+    "PF.TASK_NOT_CLAIMABLE": 409,  # the process saw it after the API stopped waiting: retry
     # opportunities
     "PF.OPPORTUNITY_EXISTS": 409,
     "PF.DUPLICATE_OF_APPROVED": 409,

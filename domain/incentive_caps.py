@@ -8,15 +8,12 @@ policy (PARTNERFLOW_POLICY__INCENTIVE_CAPS__<PROGRAM> as a JSON object). Its own
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
-Cap = Annotated[
-    Decimal,
-    Field(gt=0, max_digits=16, decimal_places=2, allow_inf_nan=False),
-    AfterValidator(lambda cap: cap.quantize(Decimal("0.01"))),
-]
+from domain.values import Money, PositiveMoney
+
+Cap = PositiveMoney
 
 # A service partner's cap names one capability label (its subject) or every label of a level.
 ANY_LABEL_OF_LEVEL = "level-{level}"
@@ -68,7 +65,7 @@ class CapFacts(BaseModel):
 
 
 class CapDecision(BaseModel):
-    cap: Decimal | None
+    cap: Money | None
     program: str  # e.g. "solution_provider/core", for the caller and the reviewer
 
 

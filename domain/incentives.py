@@ -15,9 +15,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -28,25 +26,11 @@ from domain.incentive_caps import CapDecision, CapFacts, cap_for
 from domain.policy import Policy
 from domain.principal import Role
 from domain.tasks import Command, OutcomeSpec, TaskKind
-
-
-def _decimal_string(value: object) -> object:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError('amounts are decimal strings in JSON, e.g. "1250.00", never numbers')
-    return value
-
-
-def _cents(value: Decimal) -> Decimal:
-    return value.quantize(Decimal("0.01"))
-
+from domain.values import Money, PositiveMoney, UtcDateTime, utc_iso
 
 # CNY, > 0, at most two decimals, sent and shown as a string ("1250.00"): floats never enter.
-Money = Annotated[
-    Decimal,
-    BeforeValidator(_decimal_string),
-    Field(gt=0, max_digits=16, decimal_places=2, allow_inf_nan=False),
-    AfterValidator(_cents),
-]
+# (R-X-7: `domain.values`; answered with exactly two places.)
+Amount = PositiveMoney
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # The number printed on the partner's invoice: letters, digits and dashes.
@@ -129,7 +113,7 @@ class IncentiveCreate(BaseModel):
     certification_id: Ref | None = None
     person: Name | None = None
     project: Name | None = None
-    amount: Money
+    amount: Amount
 
     @model_validator(mode="after")
     def _fields_match_the_source(self) -> Self:
@@ -165,7 +149,7 @@ class IncentiveResubmission(BaseModel):
     """After a return (R-INC-5): the amount may change; the source may not."""
 
     model_config = ConfigDict(extra="ignore")
-    amount: Money
+    amount: Amount
     comment: str | None = Field(default=None, max_length=4000)
 
 
@@ -183,7 +167,7 @@ class ApproveData(BaseModel):
     """R-INC-5: the approved amount, which may be lower than requested, never higher."""
 
     model_config = ConfigDict(extra="forbid")
-    amount: Money
+    amount: Amount
 
 
 class PayoutData(BaseModel):
@@ -223,7 +207,7 @@ class IncentiveInput(BaseModel):
     partner_id: str
     submitted_by: str
     application: IncentiveCreate
-    cap: Decimal
+    cap: Amount
     program: str
     applied_month: str
     source_details: dict[str, Any] = Field(default_factory=dict)
@@ -231,7 +215,7 @@ class IncentiveInput(BaseModel):
 
 
 class ResubmitIncentive(Command):
-    amount: Money
+    amount: Amount
     comment: str | None = Field(default=None, max_length=4000)
 
 
@@ -272,14 +256,14 @@ class PaymentEligibility(BaseModel):
 class Decision(BaseModel):
     outcome: str
     by: str
-    at: datetime
+    at: UtcDateTime
     comment: str | None = None
-    amount: Decimal | None = None
+    amount: Money | None = None
 
 
 class InvoiceLine(BaseModel):
     description: str
-    amount: Decimal
+    amount: Amount
 
 
 class InvoiceList(BaseModel):
@@ -289,10 +273,10 @@ class InvoiceList(BaseModel):
     incentive_id: str
     partner_id: str
     partner_name: str | None
-    issued_at: datetime
+    issued_at: UtcDateTime
     currency: str = CURRENCY
     lines: list[InvoiceLine]
-    total: Decimal
+    total: Amount
     invoice_number: str | None = None
 
 
@@ -300,16 +284,16 @@ class InvoiceCheck(BaseModel):
     invoice_number: str
     outcome: str
     by: str
-    at: datetime
+    at: UtcDateTime
     reason: str | None = None
 
 
 class Payout(BaseModel):
     method: PayoutMethod
     reference: str
-    amount: Decimal
+    amount: Amount
     by: str
-    paid_at: datetime
+    paid_at: UtcDateTime
     on_time: bool
 
 
@@ -325,9 +309,9 @@ class IncentiveView(BaseModel):
     person: str | None
     project: str | None
     source_details: dict[str, Any]
-    amount: Decimal
-    amount_approved: Decimal | None = None
-    cap: Decimal
+    amount: Amount
+    amount_approved: Money | None = None
+    cap: Amount
     program: str
     applied_month: str
     assignee: str | None = None
@@ -337,13 +321,13 @@ class IncentiveView(BaseModel):
     invoice_list: InvoiceList | None = None
     invoice_number: str | None = None
     invoice_checks: list[InvoiceCheck] = Field(default_factory=list)
-    qualified_at: datetime | None = None
-    payout_due_at: datetime | None = None
+    qualified_at: UtcDateTime | None = None
+    payout_due_at: UtcDateTime | None = None
     payout_breached: bool = False
     payout: Payout | None = None
     submitted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 # --- pure rules ---------------------------------------------------------------------------------
@@ -367,8 +351,8 @@ class CertificationFacts(BaseModel):
     kind: str | None
     subject: str | None
     level: int | None
-    passed_at: datetime | None
-    valid_until: datetime | None
+    passed_at: UtcDateTime | None
+    valid_until: UtcDateTime | None
     certified_now: bool
 
 
@@ -434,8 +418,8 @@ def eligibility_refusal(
                 f"{at.year} and valid now",
                 details={
                     "kind": cert.kind,
-                    "passed_at": cert.passed_at.isoformat() if cert.passed_at else None,
-                    "valid_until": cert.valid_until.isoformat() if cert.valid_until else None,
+                    "passed_at": utc_iso(cert.passed_at) if cert.passed_at else None,
+                    "valid_until": utc_iso(cert.valid_until) if cert.valid_until else None,
                 },
             )
     return None

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from domain.errors import refuse
 from domain.policy import Policy
 from domain.tasks import Command
+from domain.values import UtcDateTime, utc_iso
 
 Ref = Annotated[
     str,
@@ -159,13 +160,13 @@ class InvitationView(BaseModel):
     account_id: str
     status: InvitationStatus
     message: str | None
-    expires_at: datetime
+    expires_at: UtcDateTime
     invited_by: str
-    accepted_at: datetime | None = None
+    accepted_at: UtcDateTime | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class AssociationInvitationInput(BaseModel):
@@ -206,7 +207,7 @@ def invitation_not_pending(
     return Refusal(
         code=code,
         message=f"invitation {invitation_id} {what}",
-        details={"status": status.value, "expires_at": expires_at.isoformat()},
+        details={"status": status.value, "expires_at": utc_iso(expires_at)},
     )
 
 
@@ -248,15 +249,15 @@ class CustomerInvitationView(BaseModel):
     customer_name: str | None
     message: str | None
     status: CustomerInvitationStatus
-    expires_at: datetime
+    expires_at: UtcDateTime
     # The registration link is this path plus the token; the partner may copy it from here.
     registration_path: str
     token: str
     customer_account_id: str | None = None
-    registered_at: datetime | None = None
+    registered_at: UtcDateTime | None = None
     invited_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class CustomerInvitationInput(BaseModel):
@@ -295,7 +296,7 @@ def link_not_open(
     return Refusal(
         code=code,
         message=f"the registration link of {invitation_id} {what}",
-        details={"status": status.value, "expires_at": expires_at.isoformat()},
+        details={"status": status.value, "expires_at": utc_iso(expires_at)},
     )
 
 
@@ -327,10 +328,10 @@ class DissociationView(BaseModel):
     reason: str
     status: DissociationStatus
     requested_by: str
-    answered_at: datetime | None = None
+    answered_at: UtcDateTime | None = None
     answer_comment: str | None = None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class DissociationInput(BaseModel):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -14,11 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from domain.policy import Policy
 from domain.principal import Role
 from domain.tasks import Command, OutcomeSpec, TaskKind
+from domain.values import Money, PositiveMoney, UtcDateTime
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 # R-PO-1: CNY, > 0, two decimals. Strings in JSON; floats never reach a calculation.
-Amount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2, allow_inf_nan=False)]
+Amount = PositiveMoney
 
 
 class OpportunityStatus(StrEnum):
@@ -149,7 +149,7 @@ PO_TASK_KINDS = {kind.name: kind for kind in (PO_DISPATCH, PO_REVIEW)}
 class Decision(BaseModel):
     outcome: str
     by: str
-    at: datetime
+    at: UtcDateTime
     comment: str | None = None
     criteria: ReviewCriteria | None = None
 
@@ -163,7 +163,7 @@ class OpportunityView(BaseModel):
     customer_name: str
     project_name: str
     offerings: list[str]
-    amount: Decimal
+    amount: Money
     region: str | None
     industry: str | None
     expected_close_date: date
@@ -174,8 +174,8 @@ class OpportunityView(BaseModel):
     decision: Decision | None = None
     open_task_id: str | None = None
     submitted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class OpportunityReviewInput(BaseModel):

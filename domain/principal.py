@@ -23,7 +23,8 @@ class Role(StrEnum):
 
 
 PARTNER_ROLES = frozenset({Role.partner_admin, Role.partner_member})
-STAFF_ROLES = frozenset(set(Role) - PARTNER_ROLES - {Role.account})
+# A distributor's reviewers are its partner's users (R-RES-1, R-X-8), not staff.
+STAFF_ROLES = frozenset(set(Role) - PARTNER_ROLES - {Role.account, Role.distributor})
 
 
 class Principal(BaseModel):
@@ -40,4 +41,6 @@ class Principal(BaseModel):
 
     @property
     def is_staff(self) -> bool:
-        return self.has(*STAFF_ROLES)
+        """R-X-8: staff tokens carry no `partner_id`; one that does is its partner's, whatever
+        roles it names."""
+        return self.partner_id is None and self.has(*STAFF_ROLES)

@@ -7,12 +7,12 @@ retried after a crash writes nothing twice.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from domain.tasks import HumanTask
+from domain.values import UtcDateTime
 
 
 class ProcessRecord(BaseModel):
@@ -23,8 +23,8 @@ class ProcessRecord(BaseModel):
     submitted_by: str | None = None
     match_key: str | None = None
     version: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     view: dict[str, Any]
 
 

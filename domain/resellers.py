@@ -3,7 +3,6 @@ review it one by one or in a batch (`POST /v1/tasks/bulk-complete`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from domain.invitations import Ref, Text
 from domain.principal import Role
 from domain.tasks import OutcomeSpec, TaskKind
+from domain.values import UtcDateTime
 
 RESELLER_KIND = "reseller"
 DISTRIBUTOR_KIND = "distributor"
@@ -57,7 +57,7 @@ class ResellerApplicationCreate(BaseModel):
 class ApplicationDecision(BaseModel):
     outcome: str
     by: str
-    at: datetime
+    at: UtcDateTime
     comment: str | None = None
 
 
@@ -70,8 +70,8 @@ class ResellerApplicationView(BaseModel):
     decision: ApplicationDecision | None = None
     open_task_id: str | None = None
     submitted_by: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class ResellerApplicationInput(BaseModel):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from domain.errors import refuse
 from domain.principal import Principal, Role
+from domain.values import UtcDateTime
 
 
 class TaskStatus(StrEnum):
@@ -49,17 +50,20 @@ class HumanTask(BaseModel):
     # With `candidate_role`: only that role's users of this partner (a distributor's reviewers).
     assignee_partner_id: str | None = None
     status: TaskStatus = TaskStatus.open
-    created_at: datetime
+    created_at: UtcDateTime
     sla: str | None = None
-    due_at: datetime | None = None
-    remind_at: datetime | None = None
+    due_at: UtcDateTime | None = None
+    remind_at: UtcDateTime | None = None
     reminded: bool = False
     escalated: bool = False
     escalate_to_role: Role | None = None
     submitted_by: str | None = None
+    # With `candidate_role`: the one user who took it (claim_task); then only they complete it.
+    # Optional with a default, so histories recorded before claims existed still decode.
+    claimed_by: str | None = None
     outcome: str | None = None
     completed_by: str | None = None
-    completed_at: datetime | None = None
+    completed_at: UtcDateTime | None = None
     comment: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -88,7 +92,7 @@ class Command(BaseModel):
     """
 
     actor: Principal
-    not_after: datetime | None = None
+    not_after: UtcDateTime | None = None
 
 
 class CarriedProcess(BaseModel):
@@ -98,8 +102,8 @@ class CarriedProcess(BaseModel):
 
     version: int
     task_seq: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     open_tasks: list[HumanTask] = Field(default_factory=list)
 
 
@@ -116,6 +120,26 @@ class ReassignTask(Command):
     task_id: str
     assignee: str = Field(min_length=1, max_length=128)
     comment: str | None = Field(default=None, max_length=4000)
+
+
+class ClaimTask(Command):
+    """Body of the `claim_task` Update: take a task offered to one of the actor's roles."""
+
+    task_id: str
+
+
+class UnclaimTask(Command):
+    """Body of the `unclaim_task` Update: give a claimed task back to its role."""
+
+    task_id: str
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class AddComment(Command):
+    """Body of the `add_comment` Update: a comment on the process, recorded in its history
+    (R-X-3). 1..4000 characters, not blank."""
+
+    body: str = Field(min_length=1, max_length=4000)
 
 
 def check_fresh(cmd: Command, now: datetime) -> None:
@@ -142,6 +166,13 @@ def check_completion(task: HumanTask | None, kind: TaskKind, cmd: CompleteTask) 
         refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
     if not may_act_on(task, cmd.actor):
         refuse("PF.NOT_ASSIGNEE", f"task {task.id} is assigned to {task.who}")
+    if task.claimed_by is not None and cmd.actor.sub != task.claimed_by:
+        # claimed: only the claimer completes it, until they or a lead give it back
+        refuse(
+            "PF.TASK_CLAIMED",
+            f"task {task.id} is claimed by {task.claimed_by}",
+            claimed_by=task.claimed_by,
+        )
     # R-X-5 separation of duties
     if task.submitted_by is not None and cmd.actor.sub == task.submitted_by:
         refuse("PF.SELF_DECISION", "nobody decides on an item they submitted")
@@ -177,4 +208,59 @@ def check_reassign(task: HumanTask | None, kind: TaskKind, cmd: ReassignTask) ->
         refuse(
             "PF.FORBIDDEN",
             f"only {', '.join(sorted(kind.reassign_roles))} may reassign {task.kind} tasks",
+        )
+
+
+def check_claim(task: HumanTask | None, cmd: ClaimTask) -> bool:
+    """Refuse (raise) unless `cmd.actor` may claim `task`; True when they already hold it
+    (a repeated claim changes nothing).
+
+    Codes: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN, PF.TASK_NOT_CLAIMABLE (assigned to a person, not
+    offered to a role), PF.TASK_CLAIMED (held by another), PF.NOT_ASSIGNEE (not a candidate:
+    lacks the role, or another partner's task), PF.SELF_DECISION (R-X-5: one's own or one's
+    partner's item).
+    """
+    if task is None:
+        refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
+    if task.status is not TaskStatus.open:
+        refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
+    if task.assignee is not None or task.candidate_role is None:
+        refuse("PF.TASK_NOT_CLAIMABLE", f"task {task.id} is assigned to {task.who}")
+    if task.claimed_by is not None:
+        if task.claimed_by == cmd.actor.sub:
+            return True
+        refuse(
+            "PF.TASK_CLAIMED",
+            f"task {task.id} is claimed by {task.claimed_by}",
+            claimed_by=task.claimed_by,
+        )
+    if not may_act_on(task, cmd.actor):
+        refuse("PF.NOT_ASSIGNEE", f"task {task.id} is offered to {task.who}")
+    if task.submitted_by is not None and cmd.actor.sub == task.submitted_by:
+        refuse("PF.SELF_DECISION", "nobody decides on an item they submitted")
+    if task.partner_id is not None and cmd.actor.partner_id == task.partner_id:
+        refuse("PF.SELF_DECISION", "nobody decides on an item of the partner they belong to")
+    return False
+
+
+def check_unclaim(task: HumanTask | None, kind: TaskKind, cmd: UnclaimTask) -> None:
+    """Refuse (raise) unless `cmd.actor` may give `task` back: its claimer, or a lead who may
+    reassign this kind of task (`kind.reassign_roles`, bar the role the task is offered to).
+
+    Codes: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN, PF.TASK_NOT_CLAIMED, PF.NOT_ASSIGNEE.
+    """
+    if task is None:
+        refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
+    if task.status is not TaskStatus.open:
+        refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
+    if task.claimed_by is None:
+        refuse("PF.TASK_NOT_CLAIMED", f"task {task.id} is not claimed")
+    # Leads: the kind's reassigning roles other than the role the task is offered to (a
+    # dispatcher may reassign po.dispatch tasks, yet not undo another dispatcher's claim).
+    leads = kind.reassign_roles - {task.candidate_role}
+    if cmd.actor.sub != task.claimed_by and not cmd.actor.has(*leads):
+        refuse(
+            "PF.NOT_ASSIGNEE",
+            f"task {task.id} is claimed by {task.claimed_by}; only they or "
+            f"{', '.join(sorted(leads))} may give it back",
         )

@@ -1,156 +1,241 @@
-"""The task inbox over the read model: who sees which tasks, newest due first, keyset-paginated."""
+"""The task inbox over the read model: who sees which tasks, most urgent first, keyset-paginated."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from domain.principal import Principal, Role
+from api import access
+from domain.principal import Principal
 from store.db import as_utc
-from store.models import TaskRow
-
-# Rows without a due time sort after every dated one.
-_FAR = datetime(9999, 12, 31)
+from store.models import ProcessRow, TaskRow
 
 
 def offered_to(principal: Principal) -> Any:
-    """Unassigned tasks offered to one of the caller's roles; a task offered to a role within one
-    partner (`assignee_partner_id`, e.g. a distributor's review) only to that partner's users."""
-    roles = [str(r) for r in principal.roles]
-    own_partner: Any = col(TaskRow.assignee_partner_id).is_(None)
-    if principal.partner_id is not None:
-        own_partner = sa.or_(own_partner, col(TaskRow.assignee_partner_id) == principal.partner_id)
-    return sa.and_(
-        col(TaskRow.assignee).is_(None), col(TaskRow.candidate_role).in_(roles), own_partner
-    )
+    """Unassigned tasks offered to one of the caller's roles (R-X-8: `api.access`)."""
+    return access.offered_filter(principal)
 
 
 def visible_to(principal: Principal) -> Any:
-    """Staff see tasks assigned to them, offered to one of their roles, or escalated to one of
-    their roles; ops_admin sees all; partner users see their own partner's tasks."""
-    if principal.has(Role.ops_admin):
-        return sa.true()
-    clauses: list[Any] = []
-    if principal.is_staff:
-        roles = [str(r) for r in principal.roles]
-        clauses += [
-            col(TaskRow.assignee) == principal.sub,
-            offered_to(principal),
-            col(TaskRow.escalate_to_role).in_(roles),
-        ]
-    if principal.partner_id is not None and principal.is_partner_user:
-        clauses.append(col(TaskRow.partner_id) == principal.partner_id)
-    return sa.or_(*clauses) if clauses else sa.false()
+    """The tasks the caller may see (R-X-8: decided in `api.access.task_filter`)."""
+    return access.task_filter(principal)
 
 
-# Who holds a task, as one value: its assignee, or `role:<candidate_role>` while it is offered.
-# The same expression as the index ix_tasks_holder (migration 0007), written out so the query
-# matches it on PostgreSQL and SQLite (the literal inlined, never a bound parameter).
+# Who holds a task, as one value: its assignee, else its claimer, else `role:<candidate_role>`
+# while it is offered. The same expression as the index ix_tasks_holder (migration 0007),
+# written out so the query matches it on PostgreSQL and SQLite (the literal inlined, never a
+# bound parameter).
 HOLDER_ROLE_PREFIX = "role:"
 
 
 def holder() -> Any:
-    """`coalesce(assignee, 'role:' || candidate_role)`, the expression ix_tasks_holder indexes."""
+    """`coalesce(assignee, claimed_by, 'role:' || candidate_role)`, indexed by ix_tasks_holder."""
     prefix = sa.literal_column(f"'{HOLDER_ROLE_PREFIX}'", sa.String)
-    return sa.func.coalesce(col(TaskRow.assignee), prefix + col(TaskRow.candidate_role))
-
-
-def mine(principal: Principal) -> Any:
-    """Assigned to the caller or offered to one of their roles (`GET /v1/tasks?assignee=me`):
-    exactly `assignee = me OR offered_to(me)`.
-
-    Written as `holder IN (me, role:r, ...)`, which ix_tasks_holder (migration 0007) serves for
-    both kinds of row, plus the three conditions that make it exact, each true of almost every
-    row so the planner's row estimate stays that of the index: an assignee whose id merely
-    looks like `role:r` is not a role; an unassigned task reaches a caller only through a role
-    they hold (not through an id spelled `role:r`); an offer scoped to a partner only reaches
-    that partner's users. A PDM's inbox at 100,000 tasks on PostgreSQL then reads his ~100 rows
-    instead of walking every open task by due date (docs/performance.md)."""
-    roles = [str(r) for r in principal.roles]
-    keys = [principal.sub, *(f"{HOLDER_ROLE_PREFIX}{r}" for r in roles)]
-    assignee, role = col(TaskRow.assignee), col(TaskRow.candidate_role)
-    partner = col(TaskRow.assignee_partner_id)
-    own_partner: Any = partner.is_(None)
-    if principal.partner_id is not None:
-        own_partner = sa.or_(own_partner, partner == principal.partner_id)
-    return sa.and_(
-        holder().in_(keys),
-        sa.or_(
-            assignee.is_(None),
-            sa.not_(assignee.startswith(HOLDER_ROLE_PREFIX, autoescape=True)),
-            assignee == principal.sub,
-        ),
-        sa.or_(assignee.is_not(None), role.in_(roles)),
-        sa.or_(assignee.is_not(None), own_partner),
+    return sa.func.coalesce(
+        col(TaskRow.assignee), col(TaskRow.claimed_by), prefix + col(TaskRow.candidate_role)
     )
 
 
-def encode_cursor(row: TaskRow) -> str:
-    due = as_utc(row.due_at)
-    raw = json.dumps({"d": due.isoformat() if due else None, "i": row.id})
+def mine(principal: Principal) -> Any:
+    """Tasks for the caller to work: assigned to them, claimed by them, or offered to one of
+    their roles and not claimed by someone else (a claim only exists on an unassigned task: a
+    reassignment clears it).
+
+    Written as `holder IN (me, role:r, ...)`, which ix_tasks_holder (migration 0007) serves for
+    every kind of row, plus the conditions that make it exact, each true of almost every row
+    so the planner's estimate stays the index's: an assignee or claimer id that merely looks
+    like `role:r` is not a role; an unclaimed offer reaches a caller only through a role they
+    hold, within their partner (`api.access.offered_filter`). A PDM's inbox at 100,000 tasks on
+    PostgreSQL then reads his ~100 rows instead of walking every open task by due date
+    (docs/performance.md, issue 11)."""
+    roles = sorted(str(r) for r in access.effective_roles(principal))
+    keys = [principal.sub, *(f"{HOLDER_ROLE_PREFIX}{r}" for r in roles)]
+    assignee, claimer = col(TaskRow.assignee), col(TaskRow.claimed_by)
+
+    def not_a_role(person: Any) -> Any:
+        return sa.or_(
+            person.is_(None),
+            sa.not_(person.startswith(HOLDER_ROLE_PREFIX, autoescape=True)),
+            person == principal.sub,
+        )
+
+    return sa.and_(
+        holder().in_(keys),
+        not_a_role(assignee),
+        not_a_role(claimer),
+        sa.or_(assignee.is_not(None), claimer.is_not(None), offered_to(principal)),
+    )
+
+
+class InboxSort(StrEnum):
+    """Inbox orders. `urgency` (the default) is `due_at`: earliest due first, so overdue tasks
+    come first (their due time has passed), undated tasks last. `-due_at`: latest due first,
+    undated last. `created_at` / `-created_at`: oldest / newest first. Ties by id."""
+
+    urgency = "urgency"
+    due_at = "due_at"
+    due_at_desc = "-due_at"
+    created_at = "created_at"
+    created_at_desc = "-created_at"
+
+
+class BadCursor(ValueError):
+    """The cursor is not one this inbox handed out for this sort (→ 400 PF.BAD_REQUEST)."""
+
+
+def encode_cursor(row: TaskRow, sort: InboxSort) -> str:
+    """Opaque: url-safe base64 of {"s": sort, "k": the sort key (ISO 8601 UTC or null), "i": id}."""
+    key = as_utc(row.created_at if sort.value.lstrip("-") == "created_at" else row.due_at)
+    raw = json.dumps({"s": _family(sort), "k": key.isoformat() if key else None, "i": row.id})
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
-    raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    due = datetime.fromisoformat(raw["d"]) if raw["d"] else None
-    return due, str(raw["i"])
+def _family(sort: InboxSort) -> str:
+    return "due_at" if sort is InboxSort.urgency else sort.value
+
+
+def decode_cursor(cursor: str, sort: InboxSort) -> tuple[datetime | None, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        key = as_utc(datetime.fromisoformat(raw["k"])) if raw["k"] else None
+        last_id, family = raw["i"], raw["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BadCursor("the cursor is not valid") from exc
+    if family != _family(sort) or not isinstance(last_id, str):
+        raise BadCursor("the cursor belongs to another sort order")
+    return key, last_id
+
+
+@dataclass(frozen=True)
+class InboxFilters:
+    """The inbox's filters. Times are UTC. `overdue`: True → due before `now`; False → due at or
+    after `now`, or undated. `process`: the read model's process name (opportunity, …)."""
+
+    kind: str | None = None
+    status: str | None = None
+    assignee: str | None = None
+    process_id: str | None = None
+    process: str | None = None
+    partner_id: str | None = None
+    due_before: datetime | None = None
+    overdue: bool | None = None
+    escalated: bool | None = None
+    now: datetime | None = None
+
+
+def _filtered(principal: Principal, f: InboxFilters) -> Any:
+    stmt = select(TaskRow).where(visible_to(principal))
+    if f.kind:
+        stmt = stmt.where(TaskRow.kind == f.kind)
+    if f.status:
+        stmt = stmt.where(TaskRow.status == f.status)
+    if f.assignee == "me":
+        stmt = stmt.where(mine(principal))
+    elif f.assignee:
+        stmt = stmt.where(TaskRow.assignee == f.assignee)
+    if f.process_id:
+        stmt = stmt.where(TaskRow.process_id == f.process_id)
+    if f.process:
+        stmt = stmt.where(TaskRow.process == f.process)
+    if f.partner_id:
+        stmt = stmt.where(TaskRow.partner_id == f.partner_id)
+    if f.due_before is not None:
+        stmt = stmt.where(col(TaskRow.due_at) < f.due_before)
+    if f.overdue is not None:
+        assert f.now is not None, "overdue needs now"
+        if f.overdue:
+            stmt = stmt.where(col(TaskRow.due_at) < f.now)
+        else:
+            stmt = stmt.where(sa.or_(col(TaskRow.due_at).is_(None), col(TaskRow.due_at) >= f.now))
+    if f.escalated is not None:
+        stmt = stmt.where(col(TaskRow.escalated).is_(f.escalated))
+    return stmt
 
 
 async def list_tasks(
     session: AsyncSession,
     principal: Principal,
     *,
-    kind: str | None,
-    status: str | None,
-    assignee: str | None,
-    process_id: str | None,
+    filters: InboxFilters,
+    sort: InboxSort = InboxSort.urgency,
     cursor: str | None,
     limit: int,
 ) -> tuple[list[TaskRow], str | None]:
-    stmt = select(TaskRow).where(visible_to(principal))
-    if kind:
-        stmt = stmt.where(TaskRow.kind == kind)
-    if status:
-        stmt = stmt.where(TaskRow.status == status)
-    if assignee == "me":
-        stmt = stmt.where(mine(principal))
-    elif assignee:
-        stmt = stmt.where(TaskRow.assignee == assignee)
-    if process_id:
-        stmt = stmt.where(TaskRow.process_id == process_id)
-    # Newest due first: due_at descending, undated last, then id descending. Dated and undated
-    # rows are read by two queries rather than one ORDER BY (due_at IS NULL), ...: that
-    # expression no index can serve, so the one query sorted every visible open task (all PO
-    # reviews for a dispatcher: 69 ms at 100,000 tasks on PostgreSQL), while each of these walks
-    # an index and stops at the page (under 1 ms; docs/performance.md).
+    """One page of the tasks the caller may see, in `sort` order, and the next page's cursor.
+
+    Keyset pagination on (sort key, id): no row is skipped or repeated across pages, ties
+    included. Raises BadCursor.
+    """
+    stmt = _filtered(principal, filters)
+    if sort in (InboxSort.created_at, InboxSort.created_at_desc):
+        rows = await _by_created(session, stmt, sort, cursor, limit)
+    else:
+        rows = await _by_due(session, stmt, sort, cursor, limit)
+    next_cursor = encode_cursor(rows[limit - 1], sort) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def _by_due(
+    session: AsyncSession, stmt: Any, sort: InboxSort, cursor: str | None, limit: int
+) -> list[TaskRow]:
+    # Dated rows by due time (ascending for urgency, descending for -due_at), then undated rows,
+    # each direction's ties by id. Dated and undated rows are read by two queries rather than
+    # one ORDER BY (due_at IS NULL), ...: that expression no index can serve, so the one query
+    # sorted every visible open task (69 ms at 100,000 tasks on PostgreSQL), while each of these
+    # walks an index and stops at the page (under 1 ms; docs/performance.md).
+    ascending = sort is not InboxSort.due_at_desc
     due, last_id, undated_only = None, None, False
-    if cursor:
-        due, last_id = decode_cursor(cursor)
+    if cursor is not None:
+        due, last_id = decode_cursor(cursor, sort)
         undated_only = due is None
+    due_col, id_col = col(TaskRow.due_at), col(TaskRow.id)
     rows: list[TaskRow] = []
     if not undated_only:
-        dated = stmt.where(col(TaskRow.due_at).is_not(None))
+        dated = stmt.where(due_col.is_not(None))
         if due is not None:
-            dated = dated.where(
-                sa.or_(
-                    col(TaskRow.due_at) < due,
-                    sa.and_(col(TaskRow.due_at) == due, col(TaskRow.id) < last_id),
-                )
-            )
-        dated = dated.order_by(col(TaskRow.due_at).desc(), col(TaskRow.id).desc())
-        rows = list((await session.exec(dated.limit(limit + 1))).all())
+            after = sa.tuple_(due_col, id_col) > (due, last_id)
+            before = sa.tuple_(due_col, id_col) < (due, last_id)
+            dated = dated.where(after if ascending else before)
+        order = (due_col.asc(), id_col.asc()) if ascending else (due_col.desc(), id_col.desc())
+        rows = list((await session.exec(dated.order_by(*order).limit(limit + 1))).all())
     if len(rows) <= limit:
-        undated = stmt.where(col(TaskRow.due_at).is_(None))
+        undated = stmt.where(due_col.is_(None))
         if undated_only:
-            undated = undated.where(col(TaskRow.id) < last_id)
-        undated = undated.order_by(col(TaskRow.id).desc()).limit(limit + 1 - len(rows))
-        rows += list((await session.exec(undated)).all())
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+            undated = undated.where(id_col > last_id if ascending else id_col < last_id)
+        undated = undated.order_by(id_col.asc() if ascending else id_col.desc())
+        rows += list((await session.exec(undated.limit(limit + 1 - len(rows)))).all())
+    return rows
+
+
+async def _by_created(
+    session: AsyncSession, stmt: Any, sort: InboxSort, cursor: str | None, limit: int
+) -> list[TaskRow]:
+    ascending = sort is InboxSort.created_at
+    created_col, id_col = col(TaskRow.created_at), col(TaskRow.id)
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor, sort)
+        if created is None:
+            raise BadCursor("the cursor is not valid")
+        key = sa.tuple_(created_col, id_col)
+        stmt = stmt.where(key > (created, last_id) if ascending else key < (created, last_id))
+    order = (created_col.asc(), id_col.asc()) if ascending else (created_col.desc(), id_col.desc())
+    return list((await session.exec(stmt.order_by(*order).limit(limit + 1))).all())
+
+
+async def summaries_of(session: AsyncSession, process_ids: set[str]) -> dict[str, str]:
+    """The one-line summary of each process (ProcessRow.summary), by process id."""
+    if not process_ids:
+        return {}
+    rows = await session.exec(
+        select(ProcessRow.id, ProcessRow.summary).where(col(ProcessRow.id).in_(process_ids))
+    )
+    return {pid: summary or "" for pid, summary in rows.all()}

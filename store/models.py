@@ -88,6 +88,18 @@ class ProcessRow(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_processes_match", "process", "match_key", "status"),
         sa.Index("ix_processes_partner", "partner_id", "process", "updated_at"),
+        # lists (GET /v1/{resource}): newest update first, keyset on (updated_at, id)
+        sa.Index("ix_processes_list", "process", "updated_at", "id"),
+        sa.Index("ix_processes_list_partner", "process", "partner_id", "updated_at", "id"),
+        sa.Index("ix_processes_list_status", "process", "status", "updated_at", "id"),
+        sa.Index("ix_processes_list_addressee", "process", "addressee", "updated_at", "id"),
+        # a list's `q` (LIKE '%…%'): a trigram index on PostgreSQL (pg_trgm), plain elsewhere
+        sa.Index(
+            "ix_processes_search",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=200)
@@ -100,6 +112,12 @@ class ProcessRow(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     view: dict[str, Any] = _json()
+    # one line for lists and the inbox (domain.summaries.process_summary)
+    summary: str | None = Field(default=None, max_length=500)
+    # whom it is addressed to besides its owner: an account or a distributor (R-X-8)
+    addressee: str | None = Field(default=None, max_length=128)
+    # lower-cased text a list's `q` matches (domain.summaries.search_text)
+    search_text: str | None = Field(default=None, max_length=2000)
 
 
 class TaskRow(SQLModel, table=True):
@@ -112,12 +130,13 @@ class TaskRow(SQLModel, table=True):
         sa.Index("ix_tasks_escalation", "status", "escalate_to_role", "due_at", "id"),
         sa.Index("ix_tasks_partner", "partner_id", "status", "due_at", "id"),
         sa.Index("ix_tasks_due", "status", "due_at", "id"),
-        # "mine": assigned to me or offered to my role, as one indexed value (store/inbox.py);
-        # parenthesised as SQLAlchemy reflects it from PostgreSQL, so Alembic sees no change
+        # "mine": assigned to me, claimed by me or offered to my role, as one indexed value
+        # (store/inbox.py); parenthesised as SQLAlchemy reflects it from PostgreSQL, so Alembic
+        # sees no change
         sa.Index(
             "ix_tasks_holder",
             "status",
-            sa.text("coalesce(assignee, ('role:' || candidate_role))"),
+            sa.text("coalesce(assignee, claimed_by, ('role:' || candidate_role))"),
             "due_at",
             "id",
         ),
@@ -134,6 +153,8 @@ class TaskRow(SQLModel, table=True):
     escalate_to_role: str | None = Field(default=None, max_length=32)
     status: str = Field(max_length=16)
     escalated: bool = False
+    # who took a task offered to a role (POST /v1/tasks/{id}/claim)
+    claimed_by: str | None = Field(default=None, max_length=128)
     outcome: str | None = Field(default=None, max_length=32)
     created_at: datetime = _ts()
     due_at: datetime | None = _ts(nullable=True)

@@ -18,7 +18,16 @@ from domain.opportunity import (
     RouteResult,
 )
 from domain.projection import Transition
-from store.models import AuditEvent, Offering, OutboxMessage, ProcessRow, RoutingRule, TaskRow
+from domain.summaries import process_addressee, process_summary, search_text
+from store.models import (
+    AuditEvent,
+    Offering,
+    OutboxMessage,
+    Partner,
+    ProcessRow,
+    RoutingRule,
+    TaskRow,
+)
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -38,6 +47,12 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
     version, so a retried or replayed activity leaves the store as one run would.
     """
     rec = t.record
+    partner_name = None
+    if rec.partner_id is not None:
+        partner_name = (
+            await session.exec(select(Partner.name).where(Partner.id == rec.partner_id))
+        ).first()
+    summary = process_summary(rec.process, rec.view, partner_name)
     row = {
         "id": rec.id,
         "process": rec.process,
@@ -49,6 +64,9 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
         "view": rec.view,
+        "summary": summary,
+        "addressee": process_addressee(rec.process, rec.view),
+        "search_text": search_text(rec.process, rec.view, summary),
     }
     stmt = _insert(session, ProcessRow).values(**row)
     stmt = stmt.on_conflict_do_update(
@@ -71,6 +89,7 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
             "escalate_to_role": task.escalate_to_role if task.escalated else None,
             "status": task.status,
             "escalated": task.escalated,
+            "claimed_by": task.claimed_by,
             "outcome": task.outcome,
             "created_at": task.created_at,
             "due_at": task.due_at,

@@ -43,7 +43,8 @@ class TestAuthentication:
 
     async def test_r_x_2_expired_token_is_401(self, stack: Stack) -> None:
         token = jwt.encode(
-            {"sub": "pdm-li", "roles": ["pdm"], "exp": int(time.time()) - 10},
+            # expired two minutes ago: past the PT30S clock leeway
+            {"sub": "pdm-li", "roles": ["pdm"], "exp": int(time.time()) - 120},
             stack.settings.jwt_secret,
             algorithm="HS256",
         )
@@ -314,7 +315,7 @@ class TestBulkAndInbox:
         assert by_id[other["open_task_id"]]["status_code"] == 403
         assert by_id["po-nope.1"]["error_code"] == "PF.TASK_NOT_FOUND"
 
-    async def test_inbox_pages_newest_due_first(self, stack: Stack) -> None:
+    async def test_inbox_pages_most_urgent_first(self, stack: Stack) -> None:
         a = Actors(stack)
         pdm = stack.auth(f"pdm-{uuid.uuid4().hex[:6]}", ["pdm"])
         mine = []
@@ -344,7 +345,7 @@ class TestBulkAndInbox:
                 break
         assert sorted(t["id"] for t in seen) == sorted(mine)
         dues = [t["due_at"] for t in seen]
-        assert dues == sorted(dues, reverse=True)
+        assert dues == sorted(dues)  # earliest due (overdue) first (issue 13)
 
 
 class TestOperations:

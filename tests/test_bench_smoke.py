@@ -30,7 +30,7 @@ def test_bench_smoke_run_writes_every_section(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=300,  # 2 shared CPUs: every section, incl. inbox and lists on two backends
         check=False,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -49,6 +49,11 @@ def test_bench_smoke_run_writes_every_section(tmp_path: Path) -> None:
         for view in ("pdm_assignee_me", "dispatcher_inbox", "dispatcher_assignee_me"):
             assert inbox[view]["p50_ms"] > 0 and inbox[view]["p99_ms"] > 0
             assert inbox[view]["items"] > 0
+    for backend in ("sqlite", "postgresql"):
+        lists = result["lists"][backend]
+        for view in ("partner_first_page", "staff_first_page", "staff_status", "partner_q"):
+            assert lists[view]["p50_ms"] > 0 and lists[view]["p99_ms"] > 0
+        assert lists["partner_first_page"]["items"] > 0
     cost = result["cost_growth"]
     for size in ("baseline", "at_size"):
         assert cost[size]["worker_rss_mb"] > 0 and cost[size]["temporal_rss_mb"] > 0

@@ -405,7 +405,9 @@ class TestDefense:
         r = await c.http.get(f"/v1/tasks/{review_id}", headers=c.expert)
         assert r.json()["status"] == "cancelled"  # the experts wait for the defense
         defense_id = view["open_task_id"]
-        r = await c.http.get("/v1/tasks", params={"kind": "cert.defense"}, headers=c.ops)
+        r = await c.http.get(
+            "/v1/tasks", params={"kind": "cert.defense", "process_id": view["id"]}, headers=c.ops
+        )
         assert defense_id in [t["id"] for t in r.json()["items"]]
         # only certification operations schedule and hold it; in the future
         await complete(c.http, c.expert, defense_id, "held", expect=403)

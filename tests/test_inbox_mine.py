@@ -1,8 +1,9 @@
-"""`assignee=me` (store/inbox.py `mine`) selects exactly "assigned to me, or offered to one of my
-roles within my partner", now that it also goes through the indexed holder expression
-(ix_tasks_holder, migration 0007, issue 11): the expression may only narrow the search to the
-index, never add or drop a row. Enumerated over every role, every holder shape and partner
-scope, on SQLite and PostgreSQL.
+"""`assignee=me` (store/inbox.py `mine`) selects exactly "assigned to me, claimed by me, or
+offered to one of my roles within my partner and not claimed", now that it goes through the
+indexed holder expression (ix_tasks_holder, migration 0007, issue 11): the expression may only
+narrow the search to the index, never add or drop a row. Enumerated over every role, every
+holder shape (claims only on unassigned tasks, as the workflows keep them) and partner scope,
+on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api.access import effective_roles, is_partner_scoped
 from domain.principal import Principal, Role
 from store.inbox import mine
 from store.models import TaskRow
@@ -24,11 +26,12 @@ PARTNERS = [None, "p-1", "p-2"]
 
 def rows() -> list[TaskRow]:
     now = datetime.now(UTC)
-    holders: list[tuple[str | None, str | None]] = [(p, None) for p in PEOPLE]
-    holders += [(None, str(r)) for r in Role]
-    holders += [(p, str(r)) for p in PEOPLE[:1] for r in Role]  # assigned, role left behind
+    # (assignee, candidate_role, claimed_by)
+    holders: list[tuple[str | None, str | None, str | None]] = [(p, None, None) for p in PEOPLE]
+    holders += [(None, str(r), claimer) for r in Role for claimer in [None, *PEOPLE]]
+    holders += [(p, str(r), None) for p in PEOPLE[:1] for r in Role]  # assigned, role left behind
     out = []
-    for n, ((assignee, role), partner) in enumerate(itertools.product(holders, PARTNERS)):
+    for n, ((assignee, role, claimer), partner) in enumerate(itertools.product(holders, PARTNERS)):
         out.append(
             TaskRow(
                 id=f"t-{n:04d}",
@@ -37,6 +40,7 @@ def rows() -> list[TaskRow]:
                 process_id=f"po-{n:04d}",
                 assignee=assignee,
                 candidate_role=role,
+                claimed_by=claimer,
                 assignee_partner_id=partner,
                 status="open",
                 created_at=now,
@@ -48,11 +52,16 @@ def rows() -> list[TaskRow]:
 
 
 def expected(principal: Principal, row: TaskRow) -> bool:
-    """The rule as the inbox states it, in Python."""
-    if row.assignee is not None:
-        return row.assignee == principal.sub
-    offered = row.candidate_role in {str(r) for r in principal.roles}
-    return offered and row.assignee_partner_id in (None, principal.partner_id)
+    """The rule as the inbox states it (main's `mine` before the index), in Python."""
+    if principal.sub in (row.assignee, row.claimed_by):
+        return True
+    scope = principal.partner_id if is_partner_scoped(principal) else None
+    offered = (
+        row.assignee is None
+        and row.candidate_role in {str(r) for r in effective_roles(principal)}
+        and row.assignee_partner_id == scope
+    )
+    return offered and row.claimed_by is None
 
 
 def principals() -> list[Principal]:

@@ -12,7 +12,10 @@ async def test_r_po_2_routed_po_is_reviewed_by_its_pdm_and_approved(stack: Stack
     assert po["status"] == "in_review" and po["assignee"] == "pdm-li"
     assert po["psm"] == "psm-zhao" and po["offering_unmatched"] is False
 
-    r = await stack.http.get("/v1/tasks", params={"assignee": "me"}, headers=a.pdm_li)
+    # most urgent first: a fresh PO's task may sit behind older ones, so ask for this PO's
+    r = await stack.http.get(
+        "/v1/tasks", params={"assignee": "me", "process_id": po["id"]}, headers=a.pdm_li
+    )
     assert r.status_code == 200
     task = next(t for t in r.json()["items"] if t["process_id"] == po["id"])
     assert task["kind"] == "po.review" and task["status"] == "open" and task["due_at"]

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, TaskStatus, check_fresh
+    from domain.values import utc_iso, utc_text
     from workflows.human_task import Pending, ProcessWorkflow
 
 S = CertificationStatus
@@ -196,7 +197,7 @@ class Certification(ProcessWorkflow):
                     details={
                         "attempt": self.attempt.number,
                         "items": [i.model_dump(mode="json") for i in data.items],
-                        "valid_until": self.periods[-1].valid_until.isoformat()
+                        "valid_until": utc_iso(self.periods[-1].valid_until)
                         if data.passed
                         else None,
                     },
@@ -249,15 +250,15 @@ class Certification(ProcessWorkflow):
                     task_id=task.id,
                     comment=cmd.comment,
                     details={
-                        "scheduled_at": data.scheduled_at.isoformat(),
+                        "scheduled_at": utc_iso(data.scheduled_at),
                         "meeting": data.meeting,
                     },
                 )
             ],
             notifications=[
                 self._partner_notice(
-                    f"defense scheduled for {data.scheduled_at:%Y-%m-%d %H:%M} UTC",
-                    f"Your online defense is scheduled for {data.scheduled_at:%Y-%m-%d %H:%M} UTC."
+                    f"defense scheduled for {utc_text(data.scheduled_at)}",
+                    f"Your online defense is scheduled for {utc_text(data.scheduled_at)}."
                     + (f"\nWhere: {data.meeting}" if data.meeting else ""),
                 )
             ],
@@ -277,7 +278,7 @@ class Certification(ProcessWorkflow):
                     action="defense_held",
                     task_id=task.id,
                     comment=cmd.comment,
-                    details={"held_at": defense.held_at.isoformat()},
+                    details={"held_at": utc_iso(defense.held_at)},
                 )
             ]
         )
@@ -322,7 +323,7 @@ class Certification(ProcessWorkflow):
         for notice in self.notices:
             if notice.state != "scheduled" or notice.at > now:
                 continue
-            details = {"at": notice.at.isoformat(), "valid_until": period.valid_until.isoformat()}
+            details = {"at": utc_iso(notice.at), "valid_until": utc_iso(period.valid_until)}
             if notice.kind == "reminder" and (busy or now >= period.valid_until):
                 # the partner is already recertifying, or the reminder comes too late to help
                 notice.state = "skipped"
@@ -369,7 +370,7 @@ class Certification(ProcessWorkflow):
             refuse(
                 "PF.DEFENSE_ALREADY_USED",
                 "a defense was already requested for this attempt (one per attempt)",
-                requested_at=self.attempt.defense.requested_at.isoformat(),
+                requested_at=utc_iso(self.attempt.defense.requested_at),
             )
         if self.open_task_of(CERT_REVIEW) is not None:
             return  # disputing a pending review
@@ -383,8 +384,8 @@ class Certification(ProcessWorkflow):
         if workflow.now() >= until:
             refuse(
                 "PF.DEFENSE_PERIOD_OVER",
-                f"a defense could be requested until {until:%Y-%m-%d %H:%M} UTC",
-                defense_until=until.isoformat(),
+                f"a defense could be requested until {utc_text(until)}",
+                defense_until=utc_iso(until),
             )
 
     def _check_recertify(self) -> None:
@@ -403,10 +404,10 @@ class Certification(ProcessWorkflow):
             # R-CERT-9
             refuse(
                 "PF.RECERT_WINDOW_NOT_OPEN",
-                f"recertification opens on {opens:%Y-%m-%d %H:%M} UTC, "
+                f"recertification opens on {utc_text(opens)}, "
                 f"{self.policy.recert_window} before the certificate expires",
-                window_opens_at=opens.isoformat(),
-                valid_until=self.periods[-1].valid_until.isoformat(),
+                window_opens_at=utc_iso(opens),
+                valid_until=utc_iso(self.periods[-1].valid_until),
             )
 
     # --- state and views ---------------------------------------------------------------------
@@ -498,7 +499,7 @@ class Certification(ProcessWorkflow):
             defense = self.attempt.defense
             if defense is not None and defense.scheduled_at is not None:
                 return (
-                    f"{label}: defense scheduled for {defense.scheduled_at:%Y-%m-%d %H:%M} UTC; "
+                    f"{label}: defense scheduled for {utc_text(defense.scheduled_at)}; "
                     f"waiting for certification operations to record it held (task {task.id})"
                 )
             return (
@@ -510,7 +511,7 @@ class Certification(ProcessWorkflow):
             if until is not None and self.attempt.defense is None and now < until:
                 return (
                     f"{label}: failed; the partner may request a defense until "
-                    f"{until:%Y-%m-%d %H:%M} UTC or submit a new attempt"
+                    f"{utc_text(until)} or submit a new attempt"
                 )
             return f"{label}: failed; waiting for the partner to submit a new attempt"
         period = self.periods[-1]
@@ -521,11 +522,11 @@ class Certification(ProcessWorkflow):
         if status is S.window_open:
             return (
                 f"{label}: recertification window open; expires "
-                f"{period.valid_until:%Y-%m-%d %H:%M} UTC unless recertified"
+                f"{utc_text(period.valid_until)} unless recertified"
             )
         return (
-            f"{label}: passed, valid until {period.valid_until:%Y-%m-%d %H:%M} UTC; "
-            f"recertification opens {opens:%Y-%m-%d %H:%M} UTC"
+            f"{label}: passed, valid until {utc_text(period.valid_until)}; "
+            f"recertification opens {utc_text(opens)}"
         )
 
     # --- helpers ---------------------------------------------------------------------------
@@ -574,8 +575,8 @@ class Certification(ProcessWorkflow):
             period = self.periods[-1]
             opens = self._window_opens_at()
             lines.append(
-                f"Valid until {period.valid_until:%Y-%m-%d %H:%M} UTC; "
-                f"recertification opens {opens:%Y-%m-%d %H:%M} UTC."
+                f"Valid until {utc_text(period.valid_until)}; "
+                f"recertification opens {utc_text(opens)}."
             )
         lines.append("Assessment:")
         for item in result.items:
@@ -587,13 +588,13 @@ class Certification(ProcessWorkflow):
             lines.append(f"Expert's comment: {result.comment}")
         until = self._defense_until()
         if until is not None and self.attempt.defense is None:
-            lines.append(f"You may request an online defense until {until:%Y-%m-%d %H:%M} UTC.")
+            lines.append(f"You may request an online defense until {utc_text(until)}.")
         return self._partner_notice(
             "passed" if result.outcome == "pass" else "failed", "\n".join(lines)
         )
 
     def _calendar_notice(self, kind: str, period: Period, *, recertifying: bool) -> Notification:
-        until = f"{period.valid_until:%Y-%m-%d %H:%M} UTC"
+        until = f"{utc_text(period.valid_until)}"
         if kind == "window_opens":
             return self._partner_notice(
                 "recertification window open",

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import check_fresh
+    from domain.values import utc_text
     from workflows.accounts import associate
     from workflows.human_task import Pending, ProcessWorkflow
 
@@ -156,7 +157,7 @@ class CustomerInvitation(ProcessWorkflow):
             refusal.raise_in_workflow()
 
     def _expiry(self) -> str:
-        return f"{self.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{utc_text(self.expires_at, '%Y-%m-%d %H:%M:%S')}"
 
     def _partner_notice(self, what: str) -> Notification:
         return Notification(

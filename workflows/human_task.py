@@ -35,16 +35,22 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord, Transition
     from domain.search_attributes import ASSIGNEE, DUE_AT, STAGE
     from domain.tasks import (
+        AddComment,
         CarriedProcess,
+        ClaimTask,
         CompleteTask,
         HumanTask,
         ReassignTask,
         TaskKind,
         TaskStatus,
+        UnclaimTask,
+        check_claim,
         check_completion,
         check_fresh,
         check_reassign,
+        check_unclaim,
     )
+    from domain.values import utc_text
 
 # The read model must catch up however long the database is away: retry forever, backing off.
 STORE_RETRY = RetryPolicy(
@@ -154,6 +160,41 @@ class ProcessWorkflow:
         check_reassign(task, self._kind_of(task), cmd)
 
     @workflow.update
+    async def claim_task(self, cmd: ClaimTask) -> dict[str, Any]:
+        """Take a task offered to one of the caller's roles; answers the task (HumanTask JSON).
+        Two claims at once: the validator passes both, the main loop applies one and refuses
+        the other with PF.TASK_CLAIMED."""
+        return await self.enqueue(cmd)
+
+    @claim_task.validator
+    def _validate_claim_task(self, cmd: ClaimTask) -> None:
+        check_fresh(cmd, workflow.now())
+        check_claim(self.tasks.get(cmd.task_id), cmd)
+
+    @workflow.update
+    async def unclaim_task(self, cmd: UnclaimTask) -> dict[str, Any]:
+        """Give a claimed task back to its role (the claimer, or a lead); answers the task."""
+        return await self.enqueue(cmd)
+
+    @unclaim_task.validator
+    def _validate_unclaim_task(self, cmd: UnclaimTask) -> None:
+        check_fresh(cmd, workflow.now())
+        task = self.tasks.get(cmd.task_id)
+        check_unclaim(task, self._kind_of(task), cmd)
+
+    @workflow.update
+    async def add_comment(self, cmd: AddComment) -> dict[str, Any]:
+        """R-X-3: a comment on the process, committed as a `commented` audit entry (it shows in
+        the process's history); answers the entry. Who may comment is checked by the API."""
+        return await self.enqueue(cmd)
+
+    @add_comment.validator
+    def _validate_add_comment(self, cmd: AddComment) -> None:
+        check_fresh(cmd, workflow.now())
+        if not cmd.body.strip():
+            refuse("PF.VALIDATION_FAILED", "a comment needs some text")
+
+    @workflow.update
     async def submitted(self) -> dict[str, Any]:
         """Answers once the submission is routed and recorded: the API starts workflows with it
         (update-with-start), so the caller's 201 already shows status, assignee and flags."""
@@ -227,6 +268,7 @@ class ProcessWorkflow:
         previous = task.assignee or str(task.candidate_role)
         task.assignee = cmd.assignee
         task.candidate_role = None
+        task.claimed_by = None  # a lead's reassignment overrides a claim
         self._restart_clock(task)
         await self.commit(
             audit=[
@@ -296,7 +338,7 @@ class ProcessWorkflow:
         return None
 
     def assignment_notice(self, task: HumanTask) -> Notification:
-        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        due = f", due {utc_text(task.due_at)}" if task.due_at else ""
         return Notification(
             recipient=task.assignee or str(task.candidate_role),
             subject=f"[partnerflow] {task.kind} task {task.id} is waiting for you",
@@ -342,7 +384,7 @@ class ProcessWorkflow:
                     Notification(
                         recipient=task.assignee or str(task.candidate_role),
                         subject=f"[partnerflow] reminder: {task.kind} task {task.id}",
-                        body=f"Task {task.id} is due {task.due_at:%Y-%m-%d %H:%M} UTC.",
+                        body=f"Task {task.id} is due {utc_text(task.due_at)}.",
                     )
                 )
             else:
@@ -362,7 +404,7 @@ class ProcessWorkflow:
                             subject=f"[partnerflow] overdue: {task.kind} task {task.id}",
                             body=(
                                 f"Task {task.id} for {task.who} passed its deadline "
-                                f"{task.due_at:%Y-%m-%d %H:%M} UTC; you may reassign it."
+                                f"{utc_text(task.due_at)}; you may reassign it."
                             ),
                         )
                     )
@@ -448,9 +490,55 @@ class ProcessWorkflow:
                 ),
             )
 
+    async def handle_shared(self, pending: Pending) -> bool:
+        """Apply a command every process accepts (claims, comments); False for the others,
+        which the subclass's `handle` applies. Only Updates added with claims and comments
+        enqueue these, so histories recorded before them replay unchanged."""
+        cmd = pending.command
+        if isinstance(cmd, ClaimTask):
+            task = self.tasks.get(cmd.task_id)
+            if not check_claim(task, cmd):
+                assert task is not None
+                task.claimed_by = cmd.actor.sub
+                await self.commit(
+                    audit=[AuditEntry(actor=cmd.actor.sub, action="task_claimed", task_id=task.id)]
+                )
+            assert task is not None
+            pending.result = task.model_dump(mode="json")
+        elif isinstance(cmd, UnclaimTask):
+            task = self.tasks.get(cmd.task_id)
+            check_unclaim(task, self._kind_of(task), cmd)
+            assert task is not None
+            previous, task.claimed_by = task.claimed_by, None
+            await self.commit(
+                audit=[
+                    AuditEntry(
+                        actor=cmd.actor.sub,
+                        action="task_unclaimed",
+                        task_id=task.id,
+                        comment=cmd.comment,
+                        details={"claimed_by": previous},
+                    )
+                ]
+            )
+            pending.result = task.model_dump(mode="json")
+        elif isinstance(cmd, AddComment):
+            entry = AuditEntry(actor=cmd.actor.sub, action="commented", comment=cmd.body)
+            await self.commit(audit=[entry])
+            pending.result = {
+                **entry.model_dump(mode="json"),
+                "at": self.updated_at.isoformat(),
+                "version": self.version,
+            }
+        else:
+            return False
+        pending.done = True
+        return True
+
     async def _serve_one(self, pending: Pending) -> None:
         try:
-            await self.handle(pending)
+            if not await self.handle_shared(pending):
+                await self.handle(pending)
         except ApplicationError as exc:
             self.reject(pending, exc)
         if not pending.done:  # a handler that forgot to answer must not hang its caller

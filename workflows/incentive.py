@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
+    from domain.values import utc_iso, utc_text
     from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
 
 S = IncentiveStatus
@@ -556,7 +557,7 @@ class IncentiveApplication(ProcessWorkflow):
                 S.invoice_unqualified: "invoice unqualified; waiting for the partner to reissue",
             }
             return waiting.get(self.status, f"{self.status.value}; nothing waits")
-        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        due = f", due {utc_text(task.due_at)}" if task.due_at else ""
         late = (
             " (payout deadline breached, escalated to the finance lead)"
             if (self.payout_breached)
@@ -572,5 +573,5 @@ class IncentiveApplication(ProcessWorkflow):
 
 def _text(value: object) -> str | None:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return utc_iso(value)
     return None if value is None else str(value)

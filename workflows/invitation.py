@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import check_fresh
+    from domain.values import utc_text
     from workflows.accounts import associate
     from workflows.human_task import Pending, ProcessWorkflow
 
@@ -210,7 +211,7 @@ class AssociationInvitation(ProcessWorkflow):
         return self.inp.policy.invite_ttl
 
     def _expiry(self) -> str:
-        return f"{self.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{utc_text(self.expires_at, '%Y-%m-%d %H:%M:%S')}"
 
     def _invitee_notice(self, subject: str, body: str) -> Notification:
         return Notification(

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
+    from domain.values import utc_text
     from workflows.human_task import Pending, ProcessWorkflow
 
 S = OpportunityStatus
@@ -443,7 +444,7 @@ class OpportunityReview(ProcessWorkflow):
             if self.status is S.returned:
                 return "returned to the partner for information; waiting for resubmission"
             return f"{self.status.value}; nothing waits"
-        due = f", due {task.due_at:%Y-%m-%d %H:%M} UTC" if task.due_at else ""
+        due = f", due {utc_text(task.due_at)}" if task.due_at else ""
         late = " (overdue, escalated to the dispatcher)" if task.escalated else ""
         if task.kind == PO_DISPATCH.name:
             return f"waiting for a dispatcher to assign a PDM (task {task.id}){due}{late}"

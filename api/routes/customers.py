@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_admin
+from api import access
+from api.auth import CurrentUser, require_partner_admin
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
@@ -78,9 +79,7 @@ async def load_customer_invitation(
     sessions: Sessions, cinv_id: str, principal: Principal
 ) -> ProcessRow:
     row = await process_row(sessions, "customer_invitation", cinv_id, "customer invitation")
-    if not may_see_partner_item(principal, row.partner_id):
-        raise ApiError("PF.FORBIDDEN", "this customer invitation belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, "customer invitation")
 
 
 @router.post(
@@ -212,10 +211,7 @@ async def customer_invitation_history(
 
 async def load_dissociation(sessions: Sessions, dis_id: str, principal: Principal) -> ProcessRow:
     row = await process_row(sessions, "dissociation", dis_id, "dissociation request")
-    customer = principal.has(Role.account) and principal.sub == row.view.get("account_id")
-    if not (customer or may_see_partner_item(principal, row.partner_id)):
-        raise ApiError("PF.FORBIDDEN", "this dissociation request belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, "dissociation request")
 
 
 @router.post(

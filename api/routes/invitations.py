@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.auth import CurrentUser, may_see_partner_item, require_partner_admin
+from api import access
+from api.auth import CurrentUser, require_partner_admin
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
@@ -104,10 +105,7 @@ def now() -> datetime:
 
 async def load_invitation(sessions: Sessions, inv_id: str, principal: Principal) -> ProcessRow:
     row = await process_row(sessions, "invitation", inv_id, "invitation")
-    invitee = principal.has(Role.account) and principal.sub == row.view.get("account_id")
-    if not (invitee or may_see_partner_item(principal, row.partner_id)):
-        raise ApiError("PF.FORBIDDEN", "this invitation belongs to another partner")
-    return row
+    return access.check_may_see(principal, row, "invitation")
 
 
 @router.post("", status_code=201, response_model=InvitationView, responses=ERRORS)

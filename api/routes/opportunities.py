@@ -36,6 +36,7 @@ from domain.opportunity import (
     claim_key,
 )
 from domain.principal import Principal
+from domain.values import UtcDateTime
 from store.claims import claim, claimed_within
 from store.db import as_utc
 from store.models import AuditEvent, Partner, ProcessRow
@@ -58,7 +59,7 @@ class ResubmitBody(OpportunityCreate):
 
 
 class AuditEntryPublic(BaseModel):
-    at: Any
+    at: UtcDateTime
     actor: str
     action: str
     comment: str | None

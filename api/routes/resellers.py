@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from api import access
 from api.auth import CurrentUser, require_partner_admin
 from api.deps import SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
@@ -17,7 +18,7 @@ from api.idempotency import IdempotencyKey, idempotent
 from api.processes import process_id, start_process
 from api.routes.invitations import Sessions, holder_is_live, process_row, registered_partner
 from api.routes.opportunities import History, read_history
-from domain.principal import Principal, Role
+from domain.principal import Principal
 from domain.resellers import (
     DISTRIBUTOR_KIND,
     LIVE_STATUSES,
@@ -39,24 +40,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def may_see_application(principal: Principal, row: ProcessRow) -> bool:
-    """The reseller's users, the named distributor's reviewers, and ops."""
-    if principal.has(Role.ops_admin):
-        return True
-    if principal.partner_id is None:
-        return False
-    if principal.is_partner_user and principal.partner_id == row.partner_id:
-        return True
-    return principal.has(Role.distributor) and principal.partner_id == row.view.get(
-        "distributor_id"
-    )
-
-
 async def load_application(sessions: Sessions, app_id: str, principal: Principal) -> ProcessRow:
     row = await process_row(sessions, "reseller_application", app_id, "reseller application")
-    if not may_see_application(principal, row):
-        raise ApiError("PF.FORBIDDEN", "this application is between other partners")
-    return row
+    return access.check_may_see(principal, row, "reseller application")
 
 
 @router.post("", status_code=201, response_model=ResellerApplicationView, responses=ERRORS)

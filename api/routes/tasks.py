@@ -1,28 +1,30 @@
-"""The inbox and task actions: list, read, complete, bulk-complete, reassign."""
+"""The inbox and task actions: list, read, claim, unclaim, complete, bulk-complete, reassign."""
 
 from __future__ import annotations
 
 import asyncio
-import binascii
-import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api import access
 from api.auth import CurrentUser
 from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
 from api.errors import ApiError, ErrorEnvelope
 from api.idempotency import IdempotencyKey, idempotent
 from api.processes import send_update, update_id
+from api.routes.lists import check_partner_filter, utc
 from config import Settings
 from domain.principal import Principal
-from domain.tasks import CompleteTask, HumanTask, ReassignTask
+from domain.summaries import RESOURCE_OF_PROCESS
+from domain.tasks import ClaimTask, CompleteTask, HumanTask, ReassignTask, UnclaimTask
+from domain.values import UtcDateTime
 from store.db import as_utc
-from store.inbox import list_tasks, visible_to
+from store.inbox import BadCursor, InboxFilters, InboxSort, list_tasks, summaries_of
 from store.models import ProcessRow, TaskRow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -41,12 +43,14 @@ class TaskPublic(BaseModel):
     assignee: str | None
     candidate_role: str | None
     status: str
-    created_at: Any
-    due_at: Any
+    created_at: UtcDateTime
+    due_at: UtcDateTime | None
     escalated: bool
+    claimed_by: str | None = None
     outcome: str | None
     comment: str | None = None
     completed_by: str | None = None
+    summary: str | None = None  # one line on the process: who, what, how much
 
 
 class TaskDetail(TaskPublic):
@@ -112,6 +116,11 @@ class BulkResult(BaseModel):
     results: list[BulkItemResult]
 
 
+class Unclaim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str | None = Field(default=None, max_length=4000)
+
+
 class Reassignment(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"assignee": "pdm-wang"}]}
@@ -120,7 +129,7 @@ class Reassignment(BaseModel):
     comment: str | None = Field(default=None, max_length=4000)
 
 
-def public(row: TaskRow) -> TaskPublic:
+def public(row: TaskRow, summary: str | None = None) -> TaskPublic:
     body = HumanTask.model_validate(row.body)
     return TaskPublic(
         id=row.id,
@@ -134,9 +143,11 @@ def public(row: TaskRow) -> TaskPublic:
         created_at=as_utc(row.created_at),
         due_at=as_utc(row.due_at),
         escalated=row.escalated,
+        claimed_by=row.claimed_by,
         outcome=row.outcome,
         comment=body.comment,
         completed_by=body.completed_by,
+        summary=summary,
     )
 
 
@@ -147,19 +158,12 @@ async def load_task(
     opportunities.load_opportunity)."""
     async with sessions() as session:
         row = await session.get(TaskRow, task_id)
-        if row is None:
-            raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
-        visible = (
-            await session.exec(
-                select(TaskRow.id).where(TaskRow.id == task_id, visible_to(principal))
-            )
-        ).first()
-    if visible is None:
-        raise ApiError("PF.FORBIDDEN", f"task {task_id} is not yours to see")
-    return row
+    if row is None:
+        raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    return access.check_may_see_task(principal, row)
 
 
-@router.get("", response_model=TaskPage, responses=ERRORS)
+@router.get("", response_model=TaskPage, responses=ERRORS, name="list_tasks")
 async def inbox(
     principal: CurrentUser,
     session: SessionDep,
@@ -169,24 +173,54 @@ async def inbox(
         str | None, Query(max_length=128, description="'me' or a person id")
     ] = None,
     process_id: Annotated[str | None, Query(max_length=200)] = None,
+    process: Annotated[
+        str | None, Query(max_length=32, description=f"one of {', '.join(RESOURCE_OF_PROCESS)}")
+    ] = None,
+    partner_id: Annotated[
+        str | None, Query(max_length=64, description="staff: one partner's tasks")
+    ] = None,
+    due_before: Annotated[
+        datetime | None, Query(description="ISO 8601, due strictly before")
+    ] = None,
+    overdue: Annotated[bool | None, Query(description="due time passed (or not)")] = None,
+    escalated: bool | None = None,
+    sort: Annotated[InboxSort, Query(description="urgency (default) = due_at ascending")] = (
+        InboxSort.urgency
+    ),
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Any:
-    """Tasks the caller may see, newest due first."""
+    """Tasks the caller may see, most urgent first by default: overdue, then earliest due,
+    undated last. Each row carries its process's one-line `summary` and `claimed_by`."""
+    check_partner_filter(principal, partner_id)
+    if process is not None and process not in RESOURCE_OF_PROCESS:
+        raise ApiError(
+            "PF.VALIDATION_FAILED",
+            f"process must be one of {', '.join(RESOURCE_OF_PROCESS)}",
+            {"process": process},
+        )
+    filters = InboxFilters(
+        kind=kind,
+        status=status,
+        assignee=assignee,
+        process_id=process_id,
+        process=process,
+        partner_id=partner_id,
+        due_before=utc(due_before),
+        overdue=overdue,
+        escalated=escalated,
+        now=datetime.now(UTC),
+    )
     try:
         rows, next_cursor = await list_tasks(
-            session,
-            principal,
-            kind=kind,
-            status=status,
-            assignee=assignee,
-            process_id=process_id,
-            cursor=cursor,
-            limit=limit,
+            session, principal, filters=filters, sort=sort, cursor=cursor, limit=limit
         )
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        raise ApiError("PF.BAD_REQUEST", "the cursor is not valid") from exc
-    return TaskPage(items=[public(r) for r in rows], next_cursor=next_cursor)
+    except BadCursor as exc:
+        raise ApiError("PF.BAD_REQUEST", str(exc)) from exc
+    summaries = await summaries_of(session, {r.process_id for r in rows})
+    return TaskPage(
+        items=[public(r, summaries.get(r.process_id)) for r in rows], next_cursor=next_cursor
+    )
 
 
 @router.get("/{task_id}", response_model=TaskDetail, responses=ERRORS)
@@ -194,7 +228,10 @@ async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) 
     row = await load_task(sessions, task_id, principal)
     async with sessions() as session:
         process = await session.get(ProcessRow, row.process_id)
-    return TaskDetail(**public(row).model_dump(), process_summary=process.view if process else None)
+    return TaskDetail(
+        **public(row, process.summary if process else None).model_dump(),
+        process_summary=process.view if process else None,
+    )
 
 
 async def _complete_one(
@@ -333,6 +370,7 @@ async def reassign_task(
         row = await session.get(TaskRow, task_id)
     if row is None:
         raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
+    access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     return await send_update(
@@ -345,4 +383,104 @@ async def reassign_task(
         ),
         update_id=update_id("reassign", task_id, idempotency_key),
         what=f"reassigning task {task_id}",
+    )
+
+
+async def _claim_update(
+    *,
+    task_id: str,
+    update: str,
+    arg: ClaimTask | UnclaimTask,
+    request: Request,
+    body: dict[str, Any],
+    principal: Principal,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    temporal: Any,
+    idempotency_key: str | None,
+) -> Any:
+    async def act() -> dict[str, Any]:
+        row = await load_task(sessions, task_id, principal)
+        if row.status != "open":
+            raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+        task = await send_update(
+            temporal,
+            settings,
+            workflow_id=row.process_id,
+            update=update,
+            arg=arg,
+            update_id=update_id(update, f"{task_id}:{principal.sub}", idempotency_key),
+            what=f"{update} of task {task_id}",
+        )
+        async with sessions() as session:
+            process = await session.get(ProcessRow, row.process_id)
+        shown = TaskRow(**{**row.model_dump(), "claimed_by": task.get("claimed_by")})
+        return public(shown, process.summary if process else None).model_dump(mode="json")
+
+    return await idempotent(
+        sessions=sessions,
+        request=request,
+        principal=principal,
+        key=idempotency_key,
+        body=body,
+        status_code=200,
+        action=act,
+    )
+
+
+@router.post("/{task_id}/claim", response_model=TaskPublic, responses=ERRORS)
+async def claim_task(
+    task_id: str,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Take a task offered to one of your roles: then only you complete it (until you or a lead
+    give it back). Two claims at once: one wins, the other gets 409 PF.TASK_CLAIMED. Recorded
+    in the process's history (`task_claimed`, R-X-3). A repeated claim by the holder is a no-op.
+    Errors: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN, PF.TASK_NOT_CLAIMABLE, PF.TASK_CLAIMED,
+    PF.NOT_ASSIGNEE, PF.SELF_DECISION (R-X-5)."""
+    return await _claim_update(
+        task_id=task_id,
+        update="claim_task",
+        arg=ClaimTask(task_id=task_id, actor=principal),
+        request=request,
+        body={},
+        principal=principal,
+        sessions=sessions,
+        settings=settings,
+        temporal=temporal,
+        idempotency_key=idempotency_key,
+    )
+
+
+@router.post("/{task_id}/unclaim", response_model=TaskPublic, responses=ERRORS)
+async def unclaim_task(
+    task_id: str,
+    request: Request,
+    principal: CurrentUser,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    idempotency_key: IdempotencyKey = None,
+    body: Unclaim | None = None,
+) -> Any:
+    """Give a claimed task back to its role: its claimer, or a lead who may reassign it.
+    Recorded as `task_unclaimed`. Errors: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN,
+    PF.TASK_NOT_CLAIMED, PF.NOT_ASSIGNEE."""
+    unclaim = body or Unclaim()
+    return await _claim_update(
+        task_id=task_id,
+        update="unclaim_task",
+        arg=UnclaimTask(task_id=task_id, actor=principal, comment=unclaim.comment),
+        request=request,
+        body=unclaim.model_dump(mode="json"),
+        principal=principal,
+        sessions=sessions,
+        settings=settings,
+        temporal=temporal,
+        idempotency_key=idempotency_key,
     )

@@ -1,0 +1,110 @@
+"""R-X-7 canonical values: the one money type and the one time type of every model.
+
+- `Money` (CNY): sent as a decimal string with at most two places (`"1250000"`, `"2500.5"`,
+  `"2500.50"`), answered with exactly two (`"1250000.00"`, `"2500.50"`). A JSON number, an
+  exponent (`"1E+6"`), a sign, spaces or more than two places (`"2500.500"`) are refused:
+  pydantic's ValidationError, which the API answers with 422 `PF.VALIDATION_FAILED`.
+  `PositiveMoney` adds `> 0` (every amount a partner applies for or a reviewer sets).
+  In Python it is a `Decimal` quantized to cents, so arithmetic never meets a float.
+- `UtcDateTime`: any ISO 8601 time; one with an offset is converted to UTC (the instant is
+  kept, the offset is not); a naive one is taken as UTC (our choice: the read model's SQLite
+  hands back naive UTC times, and callers are told every time is UTC). Answered with `Z`.
+- `utc_text(moment)` / `utc_iso(moment)`: how e-mails, the Temporal UI's details and audit
+  details write a time: always in UTC, whatever offset the value carried.
+
+Importable from workflows: pure, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+MONEY_PATTERN = r"^\d{1,14}(\.\d{1,2})?$"
+_MONEY = re.compile(MONEY_PATTERN)
+CENT = Decimal("0.01")
+
+
+def parse_money(value: object) -> Decimal:
+    """A canonical amount from a decimal string (at most two places) or an exact `Decimal`;
+    raises ValueError for anything else (numbers, exponents, signs, more places)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value < 0 or value != value.quantize(CENT):
+            raise ValueError("an amount is >= 0 with at most two decimal places")
+        return value.quantize(CENT)
+    if not isinstance(value, str):
+        raise ValueError('amounts are decimal strings in JSON, e.g. "1250.00", never numbers')
+    if not _MONEY.fullmatch(value):
+        raise ValueError(
+            'an amount is a decimal string with at most two decimal places, e.g. "1250.00" '
+            "(no exponent, sign or spaces)"
+        )
+    try:
+        return Decimal(value).quantize(CENT)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only digits
+        raise ValueError("not an amount") from exc
+
+
+def format_money(value: Decimal) -> str:
+    """The canonical form: exactly two places, no exponent (`"1000000.00"`)."""
+    return f"{value.quantize(CENT):f}"
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(parse_money),
+    PlainSerializer(format_money, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": MONEY_PATTERN,
+            "examples": ["1250000.00"],
+            "description": "CNY; a decimal string with at most two places, answered with two",
+        }
+    ),
+]
+PositiveMoney = Annotated[Money, Field(gt=0)]
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC; a naive time is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def utc_iso(value: datetime) -> str:
+    """ISO 8601 in UTC with `Z`: `2026-12-02T02:00:00Z`."""
+    return to_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def utc_text(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """For people (e-mails, the Temporal UI): `2026-12-02 02:00 UTC` (`no time` for None)."""
+    if value is None:
+        return "no time"
+    return f"{to_utc(value):{fmt}} UTC"
+
+
+def _serialize_utc(value: datetime) -> str:
+    return utc_iso(value)
+
+
+UtcDateTime = Annotated[
+    datetime,
+    AfterValidator(to_utc),
+    PlainSerializer(_serialize_utc, return_type=str, when_used="json"),
+]
+
+
+def is_money(metadata: list[Any]) -> bool:
+    """Whether a field's metadata carries the `Money` parser (for the model registry test)."""
+    return any(isinstance(m, BeforeValidator) and m.func is parse_money for m in metadata)
+
+
+def is_utc_datetime(metadata: list[Any]) -> bool:
+    """Whether a field's metadata carries the `UtcDateTime` conversion."""
+    return any(isinstance(m, AfterValidator) and m.func is to_utc for m in metadata)

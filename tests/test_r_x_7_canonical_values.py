@@ -1,0 +1,250 @@
+"""R-X-7 canonical values: one money type and one UTC time type (`domain.values`) in every model.
+
+- property tests over the parsers: no accepted input ever comes back in another form;
+- a test generated over every pydantic model of domain/, api/, workflows/ and activities/: every
+  money field is `Money` and every time field `UtcDateTime`, so a new model cannot slip;
+- the findings, end to end: a PO amount "1E+6", "2500.500" or a JSON number → 422 (were stored
+  and answered as sent); a defense scheduled at 10:00+08:00 is answered as 02:00Z and the
+  partner's e-mail says 02:00 UTC (said "10:00 UTC").
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import types
+import typing
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Annotated, Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from domain.values import (
+    MONEY_PATTERN,
+    Money,
+    PositiveMoney,
+    UtcDateTime,
+    is_money,
+    is_utc_datetime,
+    parse_money,
+)
+from tests.conftest import Stack
+from tests.helpers import po_body
+from tests.test_certification import (  # noqa: F401  (fixture)
+    Certs,
+    certs,
+    complete,
+    mail_for,
+    request_defense,
+    submit,
+)
+
+MONEY = TypeAdapter(Money)
+POSITIVE = TypeAdapter(PositiveMoney)
+TIME = TypeAdapter(UtcDateTime)
+
+
+# --- the parsers ----------------------------------------------------------------------------------
+
+
+@given(st.from_regex(MONEY_PATTERN, fullmatch=True))
+def test_r_x_7_an_accepted_amount_comes_back_in_its_canonical_form(text: str) -> None:
+    value = MONEY.validate_python(text)
+    answered = MONEY.dump_json(value).decode()
+    assert answered == f'"{Decimal(text):.2f}"'  # exactly two places, the same value
+    assert re.fullmatch(r'"\d+\.\d\d"', answered)
+    assert MONEY.validate_json(answered) == value == Decimal(text)
+
+
+@given(st.text(max_size=30))
+def test_r_x_7_no_other_text_is_an_amount(text: str) -> None:
+    try:
+        value = parse_money(text)
+    except ValueError:
+        return
+    assert re.fullmatch(MONEY_PATTERN, text) and value == Decimal(text)
+
+
+@given(st.one_of(st.integers(), st.floats(), st.booleans()))
+def test_r_x_7_a_json_number_is_never_an_amount(number: object) -> None:
+    with pytest.raises(ValidationError):
+        MONEY.validate_python(number)
+    with pytest.raises(ValidationError):
+        MONEY.validate_json(str(number).lower())
+
+
+@pytest.mark.parametrize(
+    "text", ["1E+6", "1e6", "2500.500", "2500.001", "-1.00", "+1.00", " 1.00", "1,000.00", "NaN"]
+)
+def test_r_x_7_exponents_signs_and_more_places_are_refused(text: str) -> None:
+    with pytest.raises(ValidationError):
+        POSITIVE.validate_python(text)
+
+
+def test_r_x_7_positive_money_refuses_zero() -> None:
+    with pytest.raises(ValidationError):
+        POSITIVE.validate_python("0.00")
+    assert POSITIVE.dump_json(POSITIVE.validate_python("0.01")) == b'"0.01"'
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(9998, 12, 30),
+        timezones=st.one_of(
+            st.just(UTC),
+            st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+                lambda m: timezone(timedelta(minutes=m))
+            ),
+        ),
+    )
+)
+def test_r_x_7_a_time_is_answered_in_utc_as_the_same_instant(moment: datetime) -> None:
+    value = TIME.validate_python(moment.isoformat())
+    answered = TIME.dump_json(value).decode().strip('"')
+    assert answered.endswith("Z") and "+" not in answered
+    again = TIME.validate_json(f'"{answered}"')
+    assert again == moment and again.utcoffset() == timedelta(0)
+    assert TIME.dump_json(again).decode().strip('"') == answered
+
+
+def test_r_x_7_a_naive_time_is_taken_as_utc() -> None:
+    value = TIME.validate_python("2026-12-02T10:00:00")
+    assert TIME.dump_json(value) == b'"2026-12-02T10:00:00Z"'
+
+
+# --- every model ----------------------------------------------------------------------------------
+
+PACKAGES = ("domain", "api", "workflows", "activities")
+# Names that always hold money or a time, whatever type a model gives them (catches `Any`).
+MONEY_NAMES = re.compile(r"^(amount\w*|total|cap)$")
+TIME_NAMES = re.compile(r"^(at|\w+_at|valid_until|not_after|defense_until)$")
+
+
+def all_models() -> list[type[BaseModel]]:
+    models: list[type[BaseModel]] = []
+    for package_name in PACKAGES:
+        package = importlib.import_module(package_name)
+        names = [package_name] + [
+            m.name
+            for m in pkgutil.walk_packages(package.__path__, f"{package_name}.")
+            if not m.name.rpartition(".")[2].startswith("_")
+        ]
+        for name in names:
+            module = importlib.import_module(name)
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                if (
+                    issubclass(cls, BaseModel)
+                    and cls.__module__ == module.__name__
+                    and not getattr(cls, "model_config", {}).get("table")
+                ):
+                    models.append(cls)
+    return models
+
+
+def problems_in(annotation: Any, metadata: list[Any], where: str) -> list[str]:
+    """Every Decimal that is not `Money` and every datetime that is not `UtcDateTime`."""
+    if typing.get_origin(annotation) is Annotated:
+        base, *more = typing.get_args(annotation)
+        return problems_in(base, [*metadata, *more], where)
+    if annotation is Decimal:
+        return [] if is_money(metadata) else [f"{where}: Decimal, not domain.values.Money"]
+    if annotation is datetime:
+        return [] if is_utc_datetime(metadata) else [f"{where}: datetime, not UtcDateTime"]
+    found: list[str] = []
+    for arg in typing.get_args(annotation):
+        if arg is not type(None):
+            found += problems_in(arg, [], where)
+    return found
+
+
+def test_r_x_7_every_model_uses_the_canonical_money_and_time_types() -> None:
+    models = all_models()
+    names = {m.__name__ for m in models}
+    assert {"OpportunityCreate", "OpportunityView", "IncentiveView", "HumanTask"} <= names
+    assert {"TaskPublic", "AuditEntryPublic"} <= names
+    problems: list[str] = []
+    checked = 0
+    for model in models:
+        for field_name, info in model.model_fields.items():
+            where = f"{model.__module__}.{model.__name__}.{field_name}"
+            checked += 1
+            problems += problems_in(info.annotation, list(info.metadata), where)
+            if info.annotation is Any and (
+                MONEY_NAMES.match(field_name) or TIME_NAMES.match(field_name)
+            ):
+                problems.append(f"{where}: Any, where a money or time type belongs")
+    assert checked > 100
+    assert not problems, "\n".join(problems)
+
+
+def test_r_x_7_the_registry_check_catches_a_plain_decimal_and_datetime() -> None:
+    class Slipped(BaseModel):
+        amount: Decimal
+        due_at: datetime | None
+        when: date
+
+    found = [
+        p
+        for name, info in Slipped.model_fields.items()
+        for p in problems_in(info.annotation, list(info.metadata), name)
+    ]
+    assert len(found) == 2
+
+
+def test_r_x_7_openapi_documents_amounts_as_strings() -> None:
+    from api.main import create_app
+    from config import Settings
+
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    amount = schemas["OpportunityCreate"]["properties"]["amount"]
+    assert amount["type"] == "string" and amount["pattern"] == MONEY_PATTERN
+    assert types is not None  # (keeps the import list honest for readers)
+
+
+# --- the findings, end to end ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", ["1E+6", "2500.500", 2500, 2500.5])
+async def test_r_x_7_a_po_amount_in_another_form_is_422(stack: Stack, amount: object) -> None:
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    r = await stack.http.post("/v1/opportunities", json=po_body(amount=amount), headers=acme)
+    assert r.status_code == 422, r.text
+    assert r.json()["error_code"] == "PF.VALIDATION_FAILED"
+
+
+async def test_r_x_7_a_po_amount_is_answered_with_exactly_two_places(stack: Stack) -> None:
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    r = await stack.http.post("/v1/opportunities", json=po_body(amount="1000000"), headers=acme)
+    assert r.status_code == 201, r.text
+    assert r.json()["amount"] == "1000000.00"
+    view = (await stack.http.get(f"/v1/opportunities/{r.json()['id']}", headers=acme)).json()
+    assert view["amount"] == "1000000.00" and view["created_at"].endswith("Z")
+
+
+async def test_r_x_7_a_defense_time_with_an_offset_is_answered_and_mailed_in_utc(
+    certs: Certs,  # noqa: F811
+) -> None:
+    c = certs
+    view = await submit(c.http, c.svc)
+    view = await request_defense(c.http, c.svc, view["id"])
+    day = (datetime.now(UTC) + timedelta(days=3)).date()
+    local = f"{day.isoformat()}T10:00:00+08:00"  # the finding: 10:00 in Beijing
+    view = await complete(
+        c.http, c.ops, view["open_task_id"], "schedule", data={"scheduled_at": local}
+    )
+    assert view["attempt"]["defense"]["scheduled_at"] == f"{day.isoformat()}T02:00:00Z"
+    history = (await c.http.get(f"/v1/certifications/{view['id']}/history", headers=c.svc)).json()[
+        "items"
+    ]
+    (scheduled,) = [e for e in history if e["action"] == "defense_scheduled"]
+    assert scheduled["at"].endswith("Z")
+    assert scheduled["details"]["scheduled_at"] == f"{day.isoformat()}T02:00:00Z"
+    mails = [m for m in await mail_for(c, view["id"]) if "defense scheduled" in m.subject]
+    assert mails and all("02:00 UTC" in m.body and "10:00 UTC" not in m.body for m in mails)
