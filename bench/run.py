@@ -894,14 +894,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help=(
             "repeated measurement, under 3 minutes on 2 cores: n=80, 12 sequential decisions, "
-            "the inbox on PostgreSQL only (100 GETs per view), no cost section, no doc update"
+            "the inbox on PostgreSQL only (100 GETs per view), no lists or cost section, "
+            "no doc update"
         ),
     )
     p.add_argument("--skip-sqlite", action="store_true", help="inbox on PostgreSQL only")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.unloaded, args.inbox_queries = 80, 12, 100
-        args.skip_cost = args.skip_sqlite = args.no_doc = True
+        args.skip_cost = args.skip_sqlite = args.skip_lists = args.no_doc = True
     if args.smoke:
         args.n, args.concurrency, args.unloaded = 5, 2, 3
         args.inbox_tasks, args.inbox_queries, args.open_workflows = 500, 5, 20
