@@ -20,6 +20,7 @@ import asyncio
 import getpass
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -38,7 +39,7 @@ from temporalio.worker import Replayer
 
 import workflows
 from api.errors import ApiError
-from api.processes import send_update, update_id
+from api.processes import send_update
 from config import Settings, get_settings
 from domain.principal import Principal, Role
 from domain.tasks import ReassignTask
@@ -46,6 +47,7 @@ from store.db import as_utc, create_engine, session_factory, transaction
 from store.models import OutboxMessage, TaskRow
 from store.ops import notifications_of, overdue_tasks
 from worker import connect, workflow_runner
+from workflows.human_task import ProcessWorkflow
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -133,14 +135,14 @@ async def reassign(args: argparse.Namespace, settings: Settings) -> int:
             client,
             settings,
             workflow_id=row.process_id,
-            update="reassign_task",
+            update=ProcessWorkflow.reassign_task,
             arg=ReassignTask(
                 task_id=row.id,
                 actor=Principal(sub=args.by, roles=[Role.ops_admin]),
                 assignee=args.to,
                 comment=args.comment,
             ),
-            update_id=update_id("reassign", row.id, None),
+            update_id=f"reassign_task:{row.id}:{args.by}:{uuid.uuid4().hex}",
             what=f"reassigning task {row.id}",
         )
     except ApiError as exc:

@@ -6,7 +6,7 @@ running workflow keeps the policy it started with. Workflow code never imports t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +40,30 @@ class RateLimit(BaseModel):
     key_prefix: str = Field(
         default="partnerflow-rl", description="prefix of the limiter's keys in a shared store"
     )
+
+
+class Webhooks(BaseModel):
+    """Webhook delivery (issue 13): the worker's sender loop, retries and when to give up.
+
+    Times are seconds. A delivery is retried with exponential backoff (doubling from
+    `base_backoff_seconds`, capped at `max_backoff_seconds`, each wait scaled by a random factor
+    in [1 - jitter, 1]); a subscription is disabled, and its owner e-mailed, after
+    `disable_after_failures` failed attempts in a row or when it has failed for
+    `disable_after_seconds` without one success. After a secret rotation, deliveries carry
+    signatures by both secrets for `rotation_grace_seconds`.
+    """
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    base_backoff_seconds: float = Field(default=5.0, gt=0)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+    disable_after_failures: int = Field(default=100, ge=1)
+    disable_after_seconds: float = Field(default=3 * 86400.0, gt=0)
+    rotation_grace_seconds: float = Field(default=86400.0, ge=0)
+    claim_lease_seconds: float = Field(default=300.0, gt=0)
+    concurrency: int = Field(default=10, ge=1, le=100)
 
 
 class Settings(BaseSettings):
@@ -77,6 +101,10 @@ class Settings(BaseSettings):
         default=15.0, description="how long the API waits for a worker to answer a decision"
     )
     max_body_bytes: int = 256 * 1024
+    idempotency_retention: timedelta = Field(
+        default=timedelta(hours=24),
+        description="R-X-6: how long an Idempotency-Key's first answer is kept (ISO 8601, PT24H)",
+    )
     worker_metrics_port: int = Field(
         default=9464,
         ge=0,
@@ -96,6 +124,7 @@ class Settings(BaseSettings):
     )
     rate_limit: RateLimit = RateLimit()
     policy: Policy = Policy()
+    webhooks: Webhooks = Webhooks()
 
     @model_validator(mode="after")
     def _refuse_development_secret_in_production(self) -> Self:

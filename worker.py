@@ -25,8 +25,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.accounts import AccountActivities
 from activities.incentives import IncentiveActivities
+from activities.opportunity_claims import OpportunityClaimActivities
 from activities.outbox import OutboxSender
 from activities.read_model import ReadModelActivities
+from activities.webhooks import WebhookSender
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
 from telemetry import configure_logging, otlp_tracer_provider, tracing_interceptors, worker_runtime
@@ -52,6 +54,7 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
     store = ReadModelActivities(sessions)
     accounts = AccountActivities(sessions)
     incentives = IncentiveActivities(sessions)
+    po_claims = OpportunityClaimActivities(sessions)
     return [
         store.apply_transition,
         store.assess_opportunity,
@@ -59,6 +62,8 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
         accounts.associate_account,
         accounts.dissociate_account,
         incentives.payment_eligibility,
+        po_claims.claim_approval,
+        po_claims.release_approval,
     ]
 
 
@@ -92,8 +97,9 @@ async def running_worker(
     *,
     task_queue: str | None = None,
     send_notifications: bool = True,
+    send_webhooks: bool = True,
 ) -> AsyncIterator[Worker]:
-    """A started worker with its activities and (optionally) the outbox sender."""
+    """A started worker with its activities and (optionally) the outbox and webhook senders."""
     engine = create_engine(settings.resolved_database_url)
     sessions = session_factory(engine)
     worker = Worker(
@@ -111,6 +117,8 @@ async def running_worker(
     stop_sender = asyncio.Event()
     sender = OutboxSender.from_settings(sessions, settings)
     sender_task = asyncio.create_task(sender.run(stop_sender)) if send_notifications else None
+    webhooks = WebhookSender.from_settings(sessions, settings)
+    webhook_task = asyncio.create_task(webhooks.run(stop_sender)) if send_webhooks else None
     run_task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -120,6 +128,8 @@ async def running_worker(
         await asyncio.gather(run_task, return_exceptions=True)
         if sender_task is not None:
             await sender_task
+        if webhook_task is not None:
+            await webhook_task
         await engine.dispose()
 
 

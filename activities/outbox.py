@@ -32,9 +32,10 @@ from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from activities.polling import exponential_backoff, lease_due, poll_until_stopped
 from store.db import transaction
 from store.models import OutboxMessage, utcnow
 
@@ -53,7 +54,6 @@ _SCHEMES: dict[str, tuple[SmtpSecurity, int]] = {
     "smtp+starttls": ("starttls", 587),
     "smtps": ("tls", 465),
 }
-_MAX_BACKOFF_EXPONENT = 32  # 2**32 s is past any sane cap; keeps the float arithmetic finite
 
 
 def message_id(event_key: str) -> str:
@@ -154,8 +154,9 @@ class OutboxSender:
 
     def backoff(self, attempts: int) -> timedelta:
         """The wait after the `attempts`-th failure (1, 2, ...): doubling, capped."""
-        exponent = min(max(attempts - 1, 0), _MAX_BACKOFF_EXPONENT)
-        return timedelta(seconds=min(self._max_backoff, self._base_backoff * 2**exponent))
+        return timedelta(
+            seconds=exponential_backoff(attempts, base=self._base_backoff, cap=self._max_backoff)
+        )
 
     # --- one pass -----------------------------------------------------------------------------
 
@@ -195,33 +196,21 @@ class OutboxSender:
         return len(claimed), sent
 
     async def _claim(self) -> list[_Claimed]:
-        now = utcnow()
-        due = (
-            select(OutboxMessage.id)
-            .where(OutboxMessage.status == PENDING)
-            .where(col(OutboxMessage.next_attempt_at) <= now)
-            .order_by(col(OutboxMessage.id))
-            .limit(self._batch_size)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no locking clause
-        )
-        lease = (
-            sa.update(OutboxMessage)
-            .where(col(OutboxMessage.id).in_(due))
-            .values(next_attempt_at=now + timedelta(seconds=self._claim_lease))
-            .returning(
-                col(OutboxMessage.id),
+        rows = await lease_due(
+            self._sessions,
+            OutboxMessage,
+            now=utcnow(),
+            batch_size=self._batch_size,
+            lease_seconds=self._claim_lease,
+            returning=(
                 col(OutboxMessage.event_key),
                 col(OutboxMessage.recipient),
                 col(OutboxMessage.subject),
                 col(OutboxMessage.body),
                 col(OutboxMessage.attempts),
-            )
-            .execution_options(synchronize_session=False)
+            ),
         )
-        async with transaction(self._sessions) as session:
-            rows = (await session.exec(lease)).all()
-        # RETURNING keeps no order; send in the order events were written.
-        return sorted((_Claimed(*row) for row in rows), key=lambda r: r.id)
+        return [_Claimed(*row) for row in rows]
 
     async def _mark_sent(self, row: _Claimed) -> None:
         async with transaction(self._sessions) as session:
@@ -283,25 +272,21 @@ class OutboxSender:
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         """Deliver until `stop` is set. A failing pass (database down, a bug) is logged and
         retried with backoff; it never ends the loop."""
-        failures = 0
-        while not stop.is_set():
-            claimed = 0
-            try:
-                claimed, _ = await self._deliver_batch()
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("outbox pass failed (%d in a row)", failures)
-            if claimed >= self._batch_size:
-                continue  # a full batch: more are probably due, go again at once
-            delay = poll_interval
-            if failures:
-                exponent = min(failures - 1, _MAX_BACKOFF_EXPONENT)
-                delay = min(self._max_backoff, max(poll_interval, self._base_backoff) * 2**exponent)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+
+        async def one_pass() -> int:
+            claimed, _ = await self._deliver_batch()
+            return claimed
+
+        await poll_until_stopped(
+            one_pass,
+            stop,
+            log=log,
+            what="outbox",
+            batch_size=self._batch_size,
+            poll_interval=poll_interval,
+            base_backoff=self._base_backoff,
+            max_backoff=self._max_backoff,
+        )
 
 
 def _smtp_send(target: SmtpTarget, message: EmailMessage, timeout: float) -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from domain.opportunity import DuplicateQuery, RouteRequest
 from domain.projection import Transition
@@ -37,8 +38,23 @@ class ReadModelActivities:
 
     @activity.defn
     async def apply_transition(self, transition: Transition) -> None:
-        async with transaction(self.sessions) as session:
-            await readmodel.apply_transition(session, transition)
+        """Write one transition. A write from a run that does not own the row (another run
+        reused the id) fails the activity, non-retryable, PF.READ_MODEL_CONFLICT, and is counted
+        (`partnerflow_read_model_conflicts`, also on the worker's SDK metrics endpoint)."""
+        try:
+            async with transaction(self.sessions) as session:
+                await readmodel.apply_transition(session, transition)
+        except readmodel.ReadModelConflict as exc:
+            activity.metric_meter().create_counter(
+                "partnerflow_read_model_conflicts",
+                "read-model writes refused: the row belongs to another workflow run",
+            ).add(1, {"process": exc.process})
+            raise ApplicationError(
+                str(exc),
+                {"id": exc.process_id, "owner_run": exc.owner, "writer_run": exc.writer},
+                type="PF.READ_MODEL_CONFLICT",
+                non_retryable=True,
+            ) from exc
 
     @activity.defn
     async def assess_opportunity(self, req: AssessRequest) -> Assessment:

@@ -18,6 +18,7 @@ from api.routes import (
     certifications,
     comments,
     customers,
+    events,
     health,
     incentives,
     invitations,
@@ -25,6 +26,7 @@ from api.routes import (
     opportunities,
     resellers,
     tasks,
+    webhooks,
 )
 from config import Settings, get_settings
 from store.db import create_engine, session_factory
@@ -36,7 +38,9 @@ partnerflow starts and drives the partner program's long-running processes (Temp
 
 * Auth: `Authorization: Bearer <JWT>` (HS256). Claims: `sub`, `roles`, `partner_id`.
 * Errors: `{"error_code": "PF.xxxx", "error_msg": "...", "details": ...}`.
-* POSTs accept `Idempotency-Key`: a repeat returns the first answer.
+* POST and PATCH accept `Idempotency-Key` (per caller, method and path; kept 24 h): the same
+  request again returns the first answer byte for byte; another request under the key is 422;
+  a repeat while the first is in flight is 409.
 """
 
 
@@ -97,6 +101,8 @@ def create_app(
         incentives,
         lists,
         comments,
+        events,
+        webhooks,
     ):
         app.include_router(module.router)
     install_openapi(app)

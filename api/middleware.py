@@ -260,10 +260,10 @@ class RequestIdMiddleware:
 # names a task (`<workflow id>.<n>`); the rest name reference data, never a workflow. A route
 # with a parameter in none of these sets fails tests/test_access_log_subject.py: classify it.
 WORKFLOW_ID_PARAMS = frozenset(
-    {"po_id", "cert_id", "inc_id", "inv_id", "cinv_id", "dis_id", "app_id", "process_id"}
+    {"po_id", "cert_id", "inc_id", "inv_id", "cinv_id", "dis_id", "app_id", "process_id", "item_id"}
 )
 TASK_ID_PARAM = "task_id"
-OTHER_ID_PARAMS = frozenset({"partner_id", "account_id"})
+OTHER_ID_PARAMS = frozenset({"partner_id", "account_id", "subscription_id"})
 
 
 def _subject(path_params: dict[str, object]) -> dict[str, str]:

@@ -48,6 +48,8 @@ class CertificationStatus(StrEnum):
     in_review = "in_review"
     defense_requested = "defense_requested"
     defense_scheduled = "defense_scheduled"
+    # R-CERT-3: the expert asked the partner a question; the review waits for the answer
+    clarification_requested = "clarification_requested"
     passed = "passed"
     failed = "failed"
     window_open = "window_open"
@@ -149,11 +151,26 @@ class DefenseRequestCreate(BaseModel):
     reason: Reason
 
 
+class ClarificationAnswerCreate(BaseModel):
+    """R-CERT-3: the partner's answer to the expert's question (POST .../clarification)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"answer": "The DR drill report is attachment 3."}]},
+    )
+
+    answer: Reason
+
+
 # --- Update commands ----------------------------------------------------------------------------
 
 
 class RequestDefense(Command):
     reason: Reason
+
+
+class AnswerClarification(Command):
+    answer: Reason
 
 
 class Recertify(Command):
@@ -212,7 +229,11 @@ class DefenseHeld(BaseModel):
 
 CERT_REVIEW = TaskKind(
     name="cert.review",
-    outcomes={"decide": OutcomeSpec(data_model=ReviewDecision)},
+    outcomes={
+        "decide": OutcomeSpec(data_model=ReviewDecision),
+        # R-CERT-3: a question to the partner instead of a decision; the comment is the question
+        "clarify": OutcomeSpec(comment_required=True),
+    },
     reassign_roles=frozenset({Role.cert_ops, Role.ops_admin}),
 )
 CERT_DEFENSE = TaskKind(
@@ -255,11 +276,26 @@ class Defense(BaseModel):
     requested_by: str
     requested_at: UtcDateTime
     reason: str
+    # R-CERT-3: set when the partner's PDM or certification operations asked for the partner
+    on_behalf_of: str | None = None
     scheduled_at: UtcDateTime | None = None
     meeting: str | None = None
     held_at: UtcDateTime | None = None
     held_by: str | None = None
     minutes: str | None = None
+
+
+class Clarification(BaseModel):
+    """R-CERT-3: an expert's question (the `clarify` outcome's comment) and the partner's
+    answer; the review returns to `asked_by` with both in the attempt's history."""
+
+    question: str
+    asked_by: str
+    asked_at: UtcDateTime
+    task_id: str
+    answer: str | None = None
+    answered_by: str | None = None
+    answered_at: UtcDateTime | None = None
 
 
 class ReviewResult(BaseModel):
@@ -281,6 +317,12 @@ class Attempt(BaseModel):
     evidence: list[Evidence]
     comment: str | None = None
     defense: Defense | None = None
+    clarifications: list[Clarification] = Field(default_factory=list)  # R-CERT-3
+
+    @property
+    def pending_clarification(self) -> Clarification | None:
+        last = self.clarifications[-1] if self.clarifications else None
+        return last if last is not None and last.answer is None else None
 
 
 class CertificationCarried(CarriedProcess):

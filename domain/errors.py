@@ -23,6 +23,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.PAYLOAD_TOO_LARGE": 413,
     "PF.VALIDATION_FAILED": 422,
     "PF.IDEMPOTENCY_KEY_REUSED": 422,
+    "PF.IDEMPOTENCY_KEY_IN_FLIGHT": 409,
+    "PF.READ_MODEL_CONFLICT": 500,
     "PF.RATE_LIMITED": 429,
     "PF.INTERNAL": 500,
     "PF.UNAVAILABLE": 503,
@@ -60,6 +62,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.MAIN_ACCOUNT_REQUIRED": 403,
     "PF.OPPORTUNITY_NOT_DELIVERED": 409,
     "PF.LABEL_NOT_CERTIFIED_THIS_YEAR": 409,
+    "PF.LABEL_LEVEL_NOT_ELIGIBLE": 409,  # R-INC-1: an application cites a level-1 label
     "PF.NO_INCENTIVE_CAP": 422,
     "PF.INCENTIVE_OVER_CAP": 422,
     "PF.INCENTIVE_EXISTS": 409,
@@ -70,6 +73,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.BUSINESS_INFO_NOT_CERTIFIED": 409,
     "PF.LABEL_NO_LONGER_CERTIFIED": 409,
     "PF.INVOICE_LIST_NOT_ISSUED": 404,
+    "PF.RECEIVED_AT_INVALID": 422,  # R-INC-8: in the future, or before the invoice was submitted
+    # R-X-5: approver, qualifier and payer of one incentive are three people
+    "PF.SEPARATION_OF_DUTIES": 403,
+    # R-X-5: a task is reassigned only to someone who may act on it
+    "PF.ASSIGNEE_NOT_ELIGIBLE": 422,
     # association invitations, customer invitations, dissociations (R-INV-*)
     "PF.ACCOUNT_NOT_FOUND": 422,
     "PF.ACCOUNT_ENTERPRISE_VERIFIED": 422,
@@ -87,6 +95,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.LINK_USED": 409,
     "PF.DISSOCIATION_PENDING": 409,
     "PF.DISSOCIATION_ANSWERED": 409,
+    "PF.DISSOCIATION_LAPSED": 409,  # R-INV-6: unanswered within dissociation_answer_ttl
     "PF.NOT_CUSTOMER": 403,
     # reseller cooperation applications (R-RES-1)
     "PF.NOT_A_RESELLER": 403,
@@ -100,6 +109,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.RECERT_WINDOW_NOT_OPEN": 409,
     "PF.DEFENSE_PERIOD_OVER": 409,
     "PF.DEFENSE_ALREADY_USED": 409,
+    # webhooks (issue 13)
+    "PF.WEBHOOK_URL_REFUSED": 422,
+    "PF.WEBHOOK_SUBSCRIPTION_NOT_FOUND": 404,
 }
 
 

@@ -46,10 +46,19 @@ class IncentiveCaps(BaseModel):
         description="by the cloud software certification the partner holds (the highest cap)",
     )
     service: dict[str, Cap] = Field(
-        # The documentation names the table but no figure: 50,000 per level-2 label is ours.
-        default_factory=lambda: {"level-2": _cny("50000.00")},
-        description="by capability label: its subject, else 'level-<n>'",
+        # The documentation names the table but no figure: 50,000 for a level-2 label and
+        # 20,000 for a level-1 label are ours.
+        default_factory=lambda: {"level-2": _cny("50000.00"), "level-1": _cny("20000.00")},
+        description="by capability label: its subject, else 'level-<n>'; the largest entry "
+        "among the partner's valid level-2 labels, else the cited level-1 label's",
     )
+
+
+class HeldLabel(BaseModel):
+    """A capability label the partner holds (valid now): its subject and level (1 or 2)."""
+
+    subject: str | None = None
+    level: int | None = None
 
 
 class CapFacts(BaseModel):
@@ -62,6 +71,8 @@ class CapFacts(BaseModel):
     certifications: list[str] = Field(default_factory=list)
     label_subject: str | None = None
     label_level: int | None = None
+    # a service partner's valid capability labels (R-INC-2: its level-2 labels set the cap)
+    labels: list[HeldLabel] = Field(default_factory=list)
 
 
 class CapDecision(BaseModel):
@@ -81,12 +92,46 @@ def cap_for(caps: IncentiveCaps, facts: CapFacts) -> CapDecision:
         held = [c for c in facts.certifications if c in table]
         keys = sorted(held, key=lambda c: table[c], reverse=True)[:1]
     elif facts.kind == "service":
-        keys = [k for k in (facts.label_subject,) if k]
-        if facts.label_level is not None:
-            keys.append(ANY_LABEL_OF_LEVEL.format(level=facts.label_level))
+        return _service_cap(table, facts)
     else:
         keys = []
     for key in keys:
         if key in table:
             return CapDecision(cap=table[key], program=f"{facts.kind}/{key}")
     return CapDecision(cap=None, program=f"{facts.kind}/{keys[0] if keys else '-'}")
+
+
+def _label_entry(
+    table: dict[str, Decimal], subject: str | None, level: int | None
+) -> tuple[str, Decimal] | None:
+    """A label's entry: its subject's, else its level's ('level-<n>')."""
+    keys = [subject, ANY_LABEL_OF_LEVEL.format(level=level) if level is not None else None]
+    for key in keys:
+        if key and key in table:
+            return key, table[key]
+    return None
+
+
+def _largest(table: dict[str, Decimal], labels: list[HeldLabel]) -> CapDecision | None:
+    entries = [e for label in labels if (e := _label_entry(table, label.subject, label.level))]
+    if not entries:
+        return None
+    key, cap = max(entries, key=lambda e: e[1])
+    return CapDecision(cap=cap, program=f"service/{key}")
+
+
+def _service_cap(table: dict[str, Decimal], facts: CapFacts) -> CapDecision:
+    """R-INC-2 for service partners, paid by their level-2 labels: the largest configured entry
+    among the partner's valid level-2 labels; else the cited level-1 label's entry (a
+    capability-label application); else, for Funding Head, the largest among its valid level-1
+    labels. None of these: `cap=None` (PF.NO_INCENTIVE_CAP)."""
+    by_level_2 = _largest(table, [lab for lab in facts.labels if lab.level == 2])
+    if by_level_2 is not None:
+        return by_level_2
+    if facts.label_level is not None:  # the label the application cites
+        cited = _label_entry(table, facts.label_subject, facts.label_level)
+        if cited is not None:
+            return CapDecision(cap=cited[1], program=f"service/{cited[0]}")
+        return CapDecision(cap=None, program=f"service/{facts.label_subject or '-'}")
+    by_level_1 = _largest(table, [lab for lab in facts.labels if lab.level == 1])
+    return by_level_1 or CapDecision(cap=None, program="service/-")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from domain.incentive_caps import CapDecision, CapFacts, cap_for
+from domain.incentive_caps import CapDecision, CapFacts, HeldLabel, cap_for
 from domain.policy import Policy
 from domain.principal import Role
 from domain.tasks import Command, OutcomeSpec, TaskKind
@@ -178,6 +178,15 @@ class PayoutData(BaseModel):
     reference: Ref
 
 
+class QualifiedData(BaseModel):
+    """R-INC-8: when the paper invoice was received (ISO 8601, converted to UTC; without an
+    offset it is UTC, R-X-7); not in the future, not before the invoice was submitted; omitted:
+    now. It starts the payout clock (R-INC-9: `payout_due_at = received_at + payout_sla`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    received_at: UtcDateTime | None = None
+
+
 INC_REVIEW = TaskKind(
     name="inc.review",
     outcomes={
@@ -188,7 +197,10 @@ INC_REVIEW = TaskKind(
 )
 INC_INVOICE_CHECK = TaskKind(
     name="inc.invoice_check",
-    outcomes={"qualified": OutcomeSpec(), "unqualified": OutcomeSpec(comment_required=True)},
+    outcomes={
+        "qualified": OutcomeSpec(data_model=QualifiedData),
+        "unqualified": OutcomeSpec(comment_required=True),
+    },
     reassign_roles=frozenset({Role.finance_lead, Role.ops_admin}),
 )
 INC_PAYOUT = TaskKind(
@@ -197,6 +209,13 @@ INC_PAYOUT = TaskKind(
     reassign_roles=frozenset({Role.finance_lead, Role.ops_admin}),
 )
 INC_TASK_KINDS = {kind.name: kind for kind in (INC_REVIEW, INC_INVOICE_CHECK, INC_PAYOUT)}
+# R-X-5: who may act on an incentive task once it is assigned to a person (after a reassignment
+# the task names a person, not a role; the person's token must still carry one of these).
+ACTING_ROLES: dict[str, frozenset[Role]] = {
+    INC_REVIEW.name: frozenset({Role.incentive_reviewer}),
+    INC_INVOICE_CHECK.name: frozenset({Role.finance, Role.finance_lead}),
+    INC_PAYOUT.name: frozenset({Role.finance, Role.finance_lead}),
+}
 
 
 # --- workflow input and commands ----------------------------------------------------------------
@@ -286,6 +305,7 @@ class InvoiceCheck(BaseModel):
     by: str
     at: UtcDateTime
     reason: str | None = None
+    received_at: UtcDateTime | None = None  # R-INC-8, qualified only
 
 
 class Payout(BaseModel):
@@ -322,6 +342,9 @@ class IncentiveView(BaseModel):
     invoice_number: str | None = None
     invoice_checks: list[InvoiceCheck] = Field(default_factory=list)
     qualified_at: UtcDateTime | None = None
+    invoice_submitted_at: UtcDateTime | None = None  # R-INC-8: the invoice check's clock starts
+    invoice_check_due_at: UtcDateTime | None = None  # R-INC-8
+    received_at: UtcDateTime | None = None  # R-INC-9: the payout clock starts
     payout_due_at: UtcDateTime | None = None
     payout_breached: bool = False
     payout: Payout | None = None
@@ -366,6 +389,8 @@ class SourceFacts(BaseModel):
     certifications: list[str] = Field(default_factory=list)
     opportunity: OpportunityFacts | None = None
     certification: CertificationFacts | None = None
+    # a service partner's capability labels valid now (its cap, R-INC-2)
+    labels: list[HeldLabel] = Field(default_factory=list)
 
 
 def eligibility_refusal(
@@ -422,10 +447,20 @@ def eligibility_refusal(
                     "valid_until": utc_iso(cert.valid_until) if cert.valid_until else None,
                 },
             )
+        if cert.level != 1:
+            # R-INC-1: the application cites a level-1 label; level-2 labels set the cap
+            return Refusal(
+                code="PF.LABEL_LEVEL_NOT_ELIGIBLE",
+                message=f"a capability-label application cites a level-1 label; "
+                f"{app.certification_id} is level {cert.level} (level-2 labels set the cap)",
+                details={"level": cert.level},
+            )
     return None
 
 
 def cap_of(app: IncentiveCreate, facts: SourceFacts, policy: Policy) -> CapDecision:
+    """R-INC-2: the application's reference maximum from the policy's table (see `cap_for`;
+    a service partner's from its valid level-2 labels, else the cited level-1 label)."""
     cert = facts.certification if app.source is IncentiveSource.capability_label else None
     return cap_for(
         policy.incentive_caps,
@@ -436,6 +471,7 @@ def cap_of(app: IncentiveCreate, facts: SourceFacts, policy: Policy) -> CapDecis
             certifications=facts.certifications,
             label_subject=cert.subject if cert else None,
             label_level=cert.level if cert else None,
+            labels=facts.labels,
         ),
     )
 

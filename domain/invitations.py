@@ -307,6 +307,7 @@ class DissociationStatus(StrEnum):
     requested = "requested"
     accepted = "accepted"
     declined = "declined"
+    lapsed = "lapsed"  # R-INV-6: no answer within `dissociation_answer_ttl`
 
 
 class DissociationCreate(BaseModel):
@@ -330,6 +331,8 @@ class DissociationView(BaseModel):
     requested_by: str
     answered_at: UtcDateTime | None = None
     answer_comment: str | None = None
+    # R-INV-6: unanswered by then (UTC), the request lapses; None for requests made before
+    lapses_at: UtcDateTime | None = None
     created_at: UtcDateTime
     updated_at: UtcDateTime
 
@@ -341,6 +344,8 @@ class DissociationInput(BaseModel):
     account_id: str
     account_email: str | None
     reason: str
+    # R-INV-6's `dissociation_answer_ttl`; absent from requests started before it existed
+    policy: Policy | None = None
 
 
 class AnswerDissociation(Command):
@@ -349,8 +354,16 @@ class AnswerDissociation(Command):
 
 
 def dissociation_answered(dissociation_id: str, status: DissociationStatus) -> Refusal | None:
+    """R-INV-6: only a request still waiting may be answered (PF.DISSOCIATION_ANSWERED, or
+    PF.DISSOCIATION_LAPSED once its `dissociation_answer_ttl` has passed)."""
     if status is DissociationStatus.requested:
         return None
+    if status is DissociationStatus.lapsed:
+        return Refusal(
+            code="PF.DISSOCIATION_LAPSED",
+            message=f"dissociation {dissociation_id} lapsed unanswered; the partner may ask again",
+            details={"status": status.value},
+        )
     return Refusal(
         code="PF.DISSOCIATION_ANSWERED",
         message=f"dissociation {dissociation_id} was already {status.value}",

@@ -102,31 +102,35 @@ class OpportunityProgress(BaseModel):
     expected_close_date: date | None = None
 
 
-class ReviewCriteria(BaseModel):
-    """R-PO-10: what the PDM checked, pass (true) or fail (false) each."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    customer_real: bool
-    project_real: bool
-    partner_role: bool
-    offering: bool
-
-    @property
-    def all_passed(self) -> bool:
-        return all((self.customer_real, self.project_real, self.partner_role, self.offering))
+# R-PO-10: what the PDM checked, criterion -> pass (true) or fail (false). Which criteria is
+# policy (`po_review_criteria`); `criteria_refusal` holds a decision to exactly that list.
+Criteria = dict[Code, bool]
 
 
 class ReviewData(BaseModel):
-    criteria: ReviewCriteria
+    criteria: Criteria = Field(max_length=20)
 
 
 class OptionalReviewData(BaseModel):
-    criteria: ReviewCriteria | None = None
+    criteria: Criteria | None = Field(default=None, max_length=20)
+
+
+def criteria_refusal(criteria: Criteria | None, configured: list[str]) -> dict[str, Any] | None:
+    """R-PO-10: None when `criteria` names each configured criterion, pass or fail, and nothing
+    else; otherwise the details of PF.INVALID_DATA (`missing`, `unknown`, `required`)."""
+    given = set(criteria or {})
+    missing = [c for c in configured if c not in given]
+    unknown = sorted(given - set(configured))
+    if not missing and not unknown:
+        return None
+    return {"missing": missing, "unknown": unknown, "required": list(configured)}
 
 
 class DispatchData(BaseModel):
+    """R-PO-3: the dispatcher names the PDM, and the PSM (else the policy's `unmatched_psm`)."""
+
     pdm: Code
+    psm: Code | None = None
 
 
 PO_DISPATCH = TaskKind(
@@ -151,7 +155,7 @@ class Decision(BaseModel):
     by: str
     at: UtcDateTime
     comment: str | None = None
-    criteria: ReviewCriteria | None = None
+    criteria: Criteria | None = None
 
 
 class OpportunityView(BaseModel):
@@ -220,15 +224,54 @@ class DuplicateQuery(BaseModel):
 
 
 _NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+_WORDS = re.compile(r"\w+", re.UNICODE)
+# R-PO-4: legal forms that do not tell two customers apart, casefolded. Latin ones are whole
+# words at the end of the name ("Acme Co., Ltd." = "ACME"); Chinese ones are suffixes of the
+# name with spaces and punctuation removed (longest first).
+LEGAL_FORM_WORDS = frozenset(
+    {
+        "co", "ltd", "limited", "company", "inc", "incorporated", "corp", "corporation",
+        "llc", "llp", "lp", "plc", "gmbh", "ag", "kg", "sa", "sarl", "srl", "spa", "bv",
+        "nv", "pte", "pty", "oy", "ab", "kk", "group", "holdings",
+    }
+)  # fmt: skip
+LEGAL_FORM_SUFFIXES = (
+    "股份有限公司",
+    "有限责任公司",
+    "有限公司",
+    "控股",
+    "集团",
+    "公司",
+)
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def customer_key(customer_name: str) -> str:
+    """A customer as R-PO-4 compares them: width (NFKC), case, spacing and punctuation folded,
+    and trailing legal forms dropped (有限公司, 股份有限公司, 集团, Co., Ltd., Inc., GmbH, …).
+    A name that is nothing but a legal form keeps it (never an empty key)."""
+    words = _WORDS.findall(_fold(customer_name).replace("_", " "))
+    while len(words) > 1 and words[-1] in LEGAL_FORM_WORDS:
+        words.pop()
+    compact = "".join(words)
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in LEGAL_FORM_SUFFIXES:
+            if compact.endswith(suffix) and len(compact) > len(suffix):
+                compact = compact[: -len(suffix)]
+                stripped = True
+                break
+    return compact
 
 
 def match_key(customer_name: str, project_name: str) -> str:
-    """R-PO-4's normalised (customer, project): width, case, spaces and punctuation folded."""
-
-    def norm(text: str) -> str:
-        return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
-
-    return f"{norm(customer_name)}|{norm(project_name)}"
+    """R-PO-4's normalised (customer, project) `"<customer>|<project>"`: the customer by
+    `customer_key`, the project with width, case, spaces and punctuation folded."""
+    return f"{customer_key(customer_name)}|{_NOISE.sub('', _fold(project_name))}"
 
 
 def claim_key(partner_id: str, body: OpportunityCreate) -> str:

@@ -60,7 +60,20 @@ class Policy(BaseModel):
     # R-CERT-3 (our choice): how long after a failed review the partner may request a defense.
     cert_defense_period: IsoDuration = "P30D"
     payout_sla: IsoDuration = "P15D"
+    # R-INC-8 (our choice): finance checks a submitted invoice within this, from its submission;
+    # a reminder at half, escalation to the finance lead on breach.
+    invoice_check_sla: IsoDuration = "P5D"
     invite_ttl: IsoDuration = "P7D"
     customer_link_ttl: IsoDuration = "P30D"  # R-INV-6 (our choice)
+    # R-INV-6 (our choice): an unanswered dissociation request lapses after this.
+    dissociation_answer_ttl: IsoDuration = "P7D"
+    # R-PO-3: the unified PSM contact a dispatched PO gets when the dispatcher names no PSM.
+    unmatched_psm: str = Field(default="psm-unified", min_length=1, max_length=128)
+    # R-PO-10 (our choice): the criteria every PO review outcome records, pass or fail each.
+    po_review_criteria: list[str] = Field(
+        default=["customer_real", "project_real", "partner_role", "offering"],
+        min_length=1,
+        max_length=20,
+    )
     incentive_apps_per_month: int = Field(default=5, ge=1)
     incentive_caps: IncentiveCaps = Field(default_factory=IncentiveCaps)  # R-INC-2

@@ -47,3 +47,7 @@ class Transition(BaseModel):
     tasks: list[HumanTask] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
     notifications: list[Notification] = Field(default_factory=list)
+    # The workflow's first run id (the same across continue-as-new): the read model refuses a
+    # write from another run under the same id (PF.READ_MODEL_CONFLICT). None in activity inputs
+    # recorded before it existed: such writes are not checked.
+    origin_run_id: str | None = None

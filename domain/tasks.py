@@ -224,6 +224,9 @@ def check_claim(task: HumanTask | None, cmd: ClaimTask) -> bool:
         refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
     if task.status is not TaskStatus.open:
         refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
+    # who before what: a caller who could never act on the task learns no more than that
+    if not may_act_on(task, cmd.actor):
+        refuse("PF.NOT_ASSIGNEE", f"task {task.id} is offered to {task.who}")
     if task.assignee is not None or task.candidate_role is None:
         refuse("PF.TASK_NOT_CLAIMABLE", f"task {task.id} is assigned to {task.who}")
     if task.claimed_by is not None:
@@ -234,8 +237,6 @@ def check_claim(task: HumanTask | None, cmd: ClaimTask) -> bool:
             f"task {task.id} is claimed by {task.claimed_by}",
             claimed_by=task.claimed_by,
         )
-    if not may_act_on(task, cmd.actor):
-        refuse("PF.NOT_ASSIGNEE", f"task {task.id} is offered to {task.who}")
     if task.submitted_by is not None and cmd.actor.sub == task.submitted_by:
         refuse("PF.SELF_DECISION", "nobody decides on an item they submitted")
     if task.partner_id is not None and cmd.actor.partner_id == task.partner_id:
@@ -253,11 +254,14 @@ def check_unclaim(task: HumanTask | None, kind: TaskKind, cmd: UnclaimTask) -> N
         refuse("PF.TASK_NOT_FOUND", f"task {cmd.task_id} does not exist in this process")
     if task.status is not TaskStatus.open:
         refuse("PF.TASK_NOT_OPEN", f"task {task.id} is {task.status}", status=task.status)
-    if task.claimed_by is None:
-        refuse("PF.TASK_NOT_CLAIMED", f"task {task.id} is not claimed")
     # Leads: the kind's reassigning roles other than the role the task is offered to (a
     # dispatcher may reassign po.dispatch tasks, yet not undo another dispatcher's claim).
     leads = kind.reassign_roles - {task.candidate_role}
+    # who before what, as for a claim
+    if not may_act_on(task, cmd.actor) and not cmd.actor.has(*leads):
+        refuse("PF.NOT_ASSIGNEE", f"task {task.id} is offered to {task.who}")
+    if task.claimed_by is None:
+        refuse("PF.TASK_NOT_CLAIMED", f"task {task.id} is not claimed")
     if cmd.actor.sub != task.claimed_by and not cmd.actor.has(*leads):
         refuse(
             "PF.NOT_ASSIGNEE",

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from domain.certification import CertificationView
+from domain.certification import CertificationKind, CertificationView
+from domain.incentive_caps import HeldLabel
 from domain.incentives import (
     CertificationFacts,
     IncentiveCreate,
@@ -28,7 +29,7 @@ from domain.incentives import (
     SourceFacts,
     business_key,
 )
-from store.certifications import certified
+from store.certifications import certified, partner_certifications
 from store.claims import claim
 from store.db import as_utc
 from store.models import Claim, Partner, ProcessRow
@@ -50,6 +51,16 @@ async def source_facts(
     facts = SourceFacts(
         partner_kind=partner.kind, partner_tier=partner.tier, partner_region=partner.region
     )
+    if partner.kind == "service":
+        # R-INC-2: a service partner's cap comes from its valid capability labels
+        moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        facts.labels = [
+            HeldLabel(subject=v.subject, level=v.level)
+            for v in await partner_certifications(
+                session, partner_id=partner.id, kind=CertificationKind.capability_label
+            )
+            if v.certified_at(moment)
+        ]
     if partner.kind == "software":
         facts.certifications = [
             kind

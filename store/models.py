@@ -118,6 +118,9 @@ class ProcessRow(SQLModel, table=True):
     addressee: str | None = Field(default=None, max_length=128)
     # lower-cased text a list's `q` matches (domain.summaries.search_text)
     search_text: str | None = Field(default=None, max_length=2000)
+    # The workflow's first run id (kept across continue-as-new): a write from another run that
+    # reuses the id is refused, never silently dropped (R-X-6, store.readmodel).
+    origin_run_id: str | None = Field(default=None, max_length=64)
 
 
 class TaskRow(SQLModel, table=True):
@@ -204,15 +207,29 @@ class OutboxMessage(SQLModel, table=True):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """R-X-6: the first answer to a POST with an Idempotency-Key, replayed for repeats."""
+    """R-X-6: one Idempotency-Key of one caller on one method and path, and what became of it.
+
+    `scope` = sha256(sub, method, path, key). `state`: `in_flight` (an attempt owns it until
+    `locked_until`), `done` (`status_code`, `content_type` and the exact `response` bytes of a
+    2xx answer, replayed byte for byte), `pending` (a 5xx answer: the effect may still happen,
+    so the key stays bound to `fingerprint` and a retry re-runs the request, reusing
+    `effect_id`, the process id allocated by the first attempt). Kept until `expires_at`
+    (`idempotency_retention`, 24 h by default); after that the key is free again.
+    """
 
     __tablename__ = "idempotency_records"
 
     scope: str = Field(primary_key=True, max_length=64)
-    request_hash: str = Field(max_length=64)
-    status_code: int
-    response: dict[str, Any] = _json()
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    attempt: str = Field(max_length=32)
+    effect_id: str | None = Field(default=None, max_length=200)
+    status_code: int | None = None
+    content_type: str | None = Field(default=None, max_length=200)
+    response: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     created_at: datetime = _ts()
+    locked_until: datetime = _ts()
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), index=True))
 
 
 class Claim(SQLModel, table=True):
@@ -224,3 +241,97 @@ class Claim(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=600)
     owner_id: str = Field(max_length=200)
     created_at: datetime = _ts()
+
+
+# --- the event feed and webhooks (DESIGN §3 `event`; issue 13) --------------------------------
+
+# SQLite makes an INTEGER PRIMARY KEY the rowid (increasing, assigned under its one writer lock);
+# PostgreSQL gets a BIGINT identity.
+_EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Event(SQLModel, table=True):
+    """One committed state change, written by `apply_transition` in the transition's transaction.
+
+    Feed order is (`txid`, `id`): on PostgreSQL `txid` is the writing transaction's id and the
+    feed serves only rows whose transaction is older than every one still running (see
+    `store.events`); on SQLite writers are serialised, `txid` is 0 and `id` alone orders.
+    Unique per (process_id, version, position): a retried transition writes its events once.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.UniqueConstraint("process_id", "version", "position", name="uq_events_transition"),
+        sa.Index("ix_events_feed", "txid", "id"),
+        sa.Index("ix_events_partner", "partner_id", "txid", "id"),
+        sa.Index("ix_events_audience_partner", "audience_partner_id", "txid", "id"),
+        sa.Index("ix_events_audience_account", "audience_account_id", "txid", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_EventId, primary_key=True))
+    txid: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    type: str = Field(max_length=64)
+    process: str = Field(max_length=32)
+    process_id: str = Field(max_length=200)
+    partner_id: str | None = Field(default=None, max_length=64)
+    # who else may see it: the partner it is addressed to (a distributor), the account invited
+    audience_partner_id: str | None = Field(default=None, max_length=64)
+    audience_account_id: str | None = Field(default=None, max_length=64)
+    version: int
+    position: int
+    occurred_at: datetime = _ts()
+    data: dict[str, Any] = _json()
+
+
+class WebhookSubscription(SQLModel, table=True):
+    """A URL subscribed to event types. `partner_id` is the scope (None: all partners, ops).
+
+    `cursor_txid`/`cursor_id` is how far the dispatcher has turned the feed into deliveries.
+    """
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    partner_id: str | None = Field(default=None, max_length=64, index=True)
+    url: str = Field(max_length=2000)
+    event_types: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(JSONType, nullable=False)
+    )
+    secret: str = Field(max_length=200)
+    previous_secret: str | None = Field(default=None, max_length=200)
+    previous_secret_expires_at: datetime | None = _ts(nullable=True)
+    status: str = Field(default="active", max_length=16)
+    created_by: str = Field(max_length=128)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    cursor_txid: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    cursor_id: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    failure_streak: int = 0
+    failing_since: datetime | None = _ts(nullable=True)
+    disabled_at: datetime | None = _ts(nullable=True)
+    disabled_reason: str | None = Field(default=None, max_length=500)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one subscription: the outbox row the webhook sender delivers, and its log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("subscription_id", "event_row_id", name="uq_webhook_delivery"),
+        sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_deliveries_log", "subscription_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_EventId, primary_key=True))
+    subscription_id: str = Field(max_length=64)
+    event_row_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    event_id: str = Field(max_length=64)
+    event_type: str = Field(max_length=64)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _ts()
+    last_attempt_at: datetime | None = _ts(nullable=True)
+    next_attempt_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,6 +20,7 @@ from domain.opportunity import (
 )
 from domain.projection import Transition
 from domain.summaries import process_addressee, process_summary, search_text
+from store.events import append_events
 from store.models import (
     AuditEvent,
     Offering,
@@ -36,17 +38,46 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+READ_MODEL_CONFLICTS = Counter(
+    "partnerflow_read_model_conflicts",
+    "Read-model writes refused because the row belongs to another workflow run (R-X-6)",
+    ["process"],
+)
+
+
+class ReadModelConflict(Exception):
+    """A transition from a run that does not own the process row (another run reused the id).
+
+    Raised, never swallowed: the activity fails with the non-retryable ApplicationError
+    PF.READ_MODEL_CONFLICT and `partnerflow_read_model_conflicts` counts it."""
+
+    def __init__(self, process_id: str, process: str, owner: str, writer: str) -> None:
+        super().__init__(
+            f"{process} {process_id} belongs to run {owner}; a write from run {writer} is refused"
+        )
+        self.process_id = process_id
+        self.process = process
+        self.owner = owner
+        self.writer = writer
+
+
 def notification_key(process_id: str, version: int, position: int) -> str:
     return f"{process_id}:{version}:{position}"
 
 
 async def apply_transition(session: AsyncSession, t: Transition) -> None:
-    """Write one transition: process row, its tasks, audit rows, outbox rows. Idempotent.
+    """Write one transition: its events, process row, tasks, audit rows, outbox rows. Idempotent.
 
     Rows move only forward (`version`), audit rows and outbox rows are keyed by the transition's
-    version, so a retried or replayed activity leaves the store as one run would.
+    version, so a retried or replayed activity leaves the store as one run would. A row belongs
+    to the run that first wrote it (`origin_run_id`, kept across continue-as-new): a transition
+    of another run raises `ReadModelConflict` (counted) and writes nothing; the caller's
+    transaction is rolled back.
     """
     rec = t.record
+    # first: the events compare this transition with the rows it is about to replace (and, on
+    # SQLite, this takes the write lock before any read: see store.events)
+    await append_events(session, t)
     partner_name = None
     if rec.partner_id is not None:
         partner_name = (
@@ -67,14 +98,32 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
         "summary": summary,
         "addressee": process_addressee(rec.process, rec.view),
         "search_text": search_text(rec.process, rec.view, summary),
+        "origin_run_id": t.origin_run_id,
     }
     stmt = _insert(session, ProcessRow).values(**row)
+    owned = sa.or_(
+        col(ProcessRow.origin_run_id).is_(None),
+        stmt.excluded.origin_run_id.is_(None),
+        col(ProcessRow.origin_run_id) == stmt.excluded.origin_run_id,
+    )
+    set_ = {k: stmt.excluded[k] for k in row if k not in ("id", "created_at", "origin_run_id")}
+    # a row written before runs were recorded is adopted by the run that writes it next
+    set_["origin_run_id"] = sa.func.coalesce(
+        col(ProcessRow.origin_run_id), stmt.excluded.origin_run_id
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["id"],
-        set_={k: stmt.excluded[k] for k in row if k not in ("id", "created_at")},
-        where=col(ProcessRow.version) <= stmt.excluded.version,
+        set_=set_,
+        where=sa.and_(col(ProcessRow.version) <= stmt.excluded.version, owned),
     )
     await session.exec(stmt)
+    if t.origin_run_id is not None:
+        owner = (
+            await session.exec(select(ProcessRow.origin_run_id).where(ProcessRow.id == rec.id))
+        ).first()
+        if owner is not None and owner != t.origin_run_id:
+            READ_MODEL_CONFLICTS.labels(process=rec.process).inc()
+            raise ReadModelConflict(rec.id, rec.process, owner, t.origin_run_id)
 
     for task in t.tasks:
         task_row = {

@@ -287,6 +287,17 @@ FAST_POLICY = Policy(
 )
 
 
+# Webhook retries and give-up thresholds short enough for a test to watch (tests/test_webhooks.py).
+FAST_WEBHOOKS = {
+    "poll_interval_seconds": 0.1,
+    "timeout_seconds": 5.0,
+    "base_backoff_seconds": 0.2,
+    "max_backoff_seconds": 1.0,
+    "disable_after_failures": 6,
+    "claim_lease_seconds": 30.0,
+}
+
+
 async def load_reference_data(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
     partners = {
         "p-acme": {
@@ -345,6 +356,7 @@ async def stack(
         task_queue=f"pf-test-{uuid.uuid4().hex[:8]}",
         rate_limit={"requests_per_second": 10_000, "burst": 10_000},
         update_timeout_seconds=20,
+        webhooks=FAST_WEBHOOKS,
     )
     client = await connect(settings)
     await wait_for_namespace(client)

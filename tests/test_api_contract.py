@@ -274,9 +274,18 @@ class TestConflicts:
                 for _ in range(5)
             )
         )
-        assert {r.status_code for r in rs} == {201}
-        assert len({r.json()["id"] for r in rs}) == 1
-        po_id = rs[0].json()["id"]
+        # R-X-6: a repeat while the first is in flight is 409 PF.IDEMPOTENCY_KEY_IN_FLIGHT
+        # (retry later for the first answer); every 201 is the first answer.
+        assert {r.status_code for r in rs} <= {201, 409}
+        for r in rs:
+            if r.status_code == 409:
+                assert_envelope(r, 409, "PF.IDEMPOTENCY_KEY_IN_FLIGHT")
+                assert r.headers.get("retry-after")
+        created = [r for r in rs if r.status_code == 201]
+        assert created and len({r.json()["id"] for r in created}) == 1
+        po_id = created[0].json()["id"]
+        again = await stack.http.post("/v1/opportunities", json=body, headers={**a.acme, **key})
+        assert again.status_code == 201 and again.content == created[0].content
         count = 0
         async for _ in stack.client.list_workflows(f"WorkflowId = '{po_id}'"):
             count += 1

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -118,12 +119,23 @@ async def test_api_killed_under_load_leaves_nothing_half_applied(
             api = start_api(settings, port, "api-restart-2.log")
             await eventually(lambda: ready(base), timeout=60, what="the restarted API")
             async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                retried = [
-                    await http.post(
+                # R-X-6: a key whose attempt died with the API stays in flight (409
+                # PF.IDEMPOTENCY_KEY_IN_FLIGHT, Retry-After) until its bound, then the retry
+                # takes it over and joins the process the dead attempt may have started.
+                async def retry(k: str, b: dict[str, object]) -> httpx.Response | None:
+                    r = await http.post(
                         "/v1/opportunities", json=b, headers={**a.acme, "Idempotency-Key": k}
                     )
-                    for k, b in requests
-                ]
+                    if r.status_code == 409:
+                        assert r.json()["error_code"] == "PF.IDEMPOTENCY_KEY_IN_FLIGHT", r.text
+                        return None
+                    return r
+
+                retried = []
+                for k, b in requests:
+                    retried.append(
+                        await eventually(partial(retry, k, b), timeout=90, what="the key's answer")
+                    )
             assert [r.status_code for r in retried] == [201] * len(requests), [
                 r.text for r in retried if r.status_code != 201
             ]

@@ -12,7 +12,7 @@ async def test_r_inc_1_r_cert_2_label_certified_over_the_api_is_eligible(stack: 
     p = await new_partner(stack, "service", tier=None)
     expert = stack.auth("expert-he", ["cert_reviewer"])
     r = await stack.http.post(
-        "/v1/certifications", json=cert_body(kind="capability_label", level=2), headers=p.admin
+        "/v1/certifications", json=cert_body(kind="capability_label", level=1), headers=p.admin
     )
     assert r.status_code == 201, r.text
     cert = r.json()

@@ -480,6 +480,114 @@ class TestDefense:
         assert r.status_code == 422
 
 
+class TestDefenseOnBehalf:
+    async def test_r_cert_3_the_partners_pdm_or_cert_ops_request_a_defense_on_its_behalf(
+        self, certs: Certs
+    ) -> None:
+        c = certs
+        # a service partner in north-china: the routing table names pdm-wang for it
+        pid = f"p-svc-n-{uuid.uuid4().hex[:8]}"
+        r = await c.http.put(
+            f"/v1/admin/partners/{pid}",
+            json={"name": "North services", "kind": "service", "region": "north-china"},
+            headers=c.stack.auth("ops-1", ["ops_admin"]),
+        )
+        assert r.status_code == 200, r.text
+        partner = c.stack.auth(f"u-{pid}", ["partner_admin"], pid)
+        view = await submit(c.http, partner)
+        cid = view["id"]
+        for stranger in (c.pdm, c.expert):  # pdm-li is not this partner's PDM
+            err = await request_defense(c.http, stranger, cid, expect=403)
+            assert err["error_code"] == "PF.FORBIDDEN"
+        wang = c.stack.auth("pdm-wang", ["pdm"])
+        view = await request_defense(c.http, wang, cid)
+        assert view["status"] == "defense_requested"
+        defense = view["attempt"]["defense"]
+        assert defense["requested_by"] == "pdm-wang" and defense["on_behalf_of"] == pid
+        mails = await mail_for(c, cid)
+        assert any(m.recipient == f"u-{pid}" and "on your behalf" in m.subject for m in mails), [
+            m.subject for m in mails
+        ]
+        # certification operations, for a failed attempt of another partner
+        failed = await decide(c, await submit(c.http, c.svc), FAILING)
+        view = await request_defense(c.http, c.ops, failed["id"])
+        assert view["attempt"]["defense"]["on_behalf_of"] == "p-svc"
+        assert view["attempt"]["defense"]["requested_by"] == "cert-ops-wu"
+
+
+class TestClarification:
+    async def test_r_cert_3_expert_asks_and_the_review_returns_to_them_with_the_answer(
+        self, certs: Certs
+    ) -> None:
+        c = certs
+        view = await submit(c.http, c.svc)
+        cid, review_id = view["id"], view["open_task_id"]
+        err = await complete(c.http, c.expert, review_id, "clarify", expect=422)
+        assert err["error_code"] == "PF.COMMENT_REQUIRED"
+        # nothing asked yet: nothing to answer
+        r = await c.http.post(
+            f"/v1/certifications/{cid}/clarification", json={"answer": "early"}, headers=c.svc
+        )
+        assert r.status_code == 409 and r.json()["error_code"] == "PF.WRONG_STATE"
+        view = await complete(
+            c.http, c.expert, review_id, "clarify", comment="Which drill report covers ops-2?"
+        )
+        assert view["status"] == "clarification_requested" and view["open_task_id"] is None
+        (asked,) = view["attempt"]["clarifications"]
+        assert asked["asked_by"] == "expert-he" and asked["answer"] is None
+        assert any("Which drill report" in m.body for m in await mail_for(c, cid))
+        r = await c.http.post(
+            f"/v1/certifications/{cid}/clarification", json={"answer": " "}, headers=c.svc
+        )
+        assert r.status_code == 422
+        r = await c.http.post(
+            f"/v1/certifications/{cid}/clarification",
+            json={"answer": "Attachment 3, the March drill."},
+            headers=c.svc_member,
+        )
+        assert r.status_code == 200, r.text
+        view = r.json()
+        assert view["status"] == "in_review"
+        (answered,) = view["attempt"]["clarifications"]
+        assert answered["answer"] == "Attachment 3, the March drill."
+        assert answered["answered_by"] == "u-svc-2"
+        # back to the same expert, not to the pool
+        r = await c.http.get(f"/v1/tasks/{view['open_task_id']}", headers=c.expert)
+        assert r.status_code == 200, r.text
+        assert r.json()["assignee"] == "expert-he" and r.json()["candidate_role"] is None
+        other_expert = c.stack.auth("expert-ma", ["cert_reviewer"])
+        await complete(
+            c.http,
+            other_expert,
+            view["open_task_id"],
+            "decide",
+            expect=403,
+            data={"items": PASSING},
+        )
+        r = await c.http.post(
+            f"/v1/certifications/{cid}/clarification", json={"answer": "again"}, headers=c.svc
+        )
+        assert r.status_code == 409 and r.json()["error_code"] == "PF.WRONG_STATE"
+        view = await decide(c, view, PASSING)
+        assert view["status"] == "passed"
+        r = await c.http.get(f"/v1/certifications/{cid}/history", headers=c.svc)
+        items = r.json()["items"]
+        assert [i["action"] for i in items] == [
+            "submitted",
+            "clarification_requested",
+            "clarification_answered",
+            "review_pass",
+        ]
+        assert items[2]["comment"] == "Attachment 3, the March drill."
+        assert items[2]["details"]["asked_by"] == "expert-he"
+        if c.stack.db == "sqlite":
+            history = await c.stack.client.get_workflow_handle(cid).fetch_history()
+            await replayer().replay_workflow(history)
+            if os.environ.get("PARTNERFLOW_RECORD_HISTORIES") == "1":
+                label = "certification_clarification"
+                (HISTORIES / f"{label}__{cid}.json").write_text(history.to_json())
+
+
 class TestRecertification:
     async def test_r_cert_9_recertification_before_the_window_is_refused(
         self, certs: Certs
@@ -637,6 +745,7 @@ class TestAuthorization:
             ("GET", f"/v1/certifications/{cid}/history", None),
             ("POST", f"/v1/certifications/{cid}/defense", {"reason": "let us in"}),
             ("POST", f"/v1/certifications/{cid}/recertify", {"evidence": EVIDENCE}),
+            ("POST", f"/v1/certifications/{cid}/clarification", {"answer": "let us in"}),
             ("GET", f"/v1/tasks/{view['open_task_id']}", None),
         ):
             r = await c.http.request(method, path, json=body, headers=c.other)
@@ -644,10 +753,15 @@ class TestAuthorization:
             assert r.json()["error_code"] == "PF.FORBIDDEN"
         r = await c.http.get("/v1/tasks", params={"process_id": cid}, headers=c.other)
         assert r.json()["items"] == []
-        # staff read it; they do not act for the partner
+        # staff read it; they do not act for the partner (R-CERT-3: but for its PDM and
+        # certification operations asking for a defense, TestDefenseOnBehalf)
         assert (await get(c, cid, c.expert))["id"] == cid
         r = await c.http.post(
-            f"/v1/certifications/{cid}/defense", json={"reason": "x"}, headers=c.ops
+            f"/v1/certifications/{cid}/defense", json={"reason": "x"}, headers=c.expert
+        )
+        assert r.status_code == 403
+        r = await c.http.post(
+            f"/v1/certifications/{cid}/clarification", json={"answer": "x"}, headers=c.ops
         )
         assert r.status_code == 403
         r = await c.http.get("/v1/certifications/cert-p-svc-nothing-here", headers=c.svc)

@@ -281,3 +281,100 @@ def test_deploy_registers_every_search_attribute() -> None:
     for name, kind in devstack.SEARCH_ATTRIBUTES.items():
         assert f"{name}={kind}" in script
         assert f"--name {name} --type {kind}" in readme
+
+
+# --- Kubernetes schemas and the Temporal chart (issue 12) ---------------------------------------
+
+# The Kubernetes version the manifests are written for; kubernetes-validate bundles its schemas
+# (no network). Strict mode: a field the schema does not define is an error, not ignored.
+K8S_VERSION = "1.31.0"
+HELM_VALUES = DEPLOY / "helm" / "temporal-values.yaml"
+CHART_KEYS = Path(__file__).resolve().parent / "fixtures" / "temporal-chart-0.73.2-keys.yaml"
+
+
+def k8s_manifest_documents() -> list[tuple[str, dict[str, Any]]]:
+    """(file:index kind/name, document) for every document of every YAML file under deploy/k8s."""
+    files = sorted(
+        p for p in (DEPLOY / "k8s").rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file()
+    )
+    assert files, "no manifests under deploy/k8s"
+    return [
+        (f"{path.relative_to(DEPLOY)}:{i} {doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in files
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text()))
+        if doc
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "document"), k8s_manifest_documents(), ids=[w for w, _ in k8s_manifest_documents()]
+)
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(
+    where: str, document: dict[str, Any]
+) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_k8s_schema_validation_rejects_a_misspelt_field() -> None:
+    """The validation above can fail: strict mode refuses a field Kubernetes does not know."""
+    import kubernetes_validate
+
+    ((_, deployment),) = [
+        (w, d) for w, d in k8s_manifest_documents() if w.endswith("Deployment/partnerflow-api")
+    ]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def chart_keys() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(CHART_KEYS.read_text())
+    return document
+
+
+def values_key_paths(node: Any, free_form: set[str], prefix: str = "") -> list[str]:
+    """Dotted paths of every mapping key in `node`, not descending into free-form paths."""
+    paths: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            paths.append(path)
+            if path not in free_form:
+                paths += values_key_paths(value, free_form, f"{path}.")
+    return paths
+
+
+def test_helm_values_use_only_keys_of_the_pinned_chart_version() -> None:
+    known = chart_keys()
+    free_form = set(known["free_form"])
+    used = values_key_paths(yaml.safe_load(HELM_VALUES.read_text()), free_form)
+    assert used, "no values"
+    unknown = [path for path in used if path not in set(known["keys"]) | free_form]
+    assert not unknown, f"not keys of chart {known['version']}: {unknown}"
+
+
+def test_helm_values_and_docs_name_the_pinned_chart_version() -> None:
+    known = chart_keys()
+    text = HELM_VALUES.read_text()
+    assert f"--version {known['version']}" in text
+    assert f"--version {known['version']}" in (DEPLOY / "README.md").read_text()
+    # the server image is the release that chart version ships
+    values = yaml.safe_load(text)
+    assert values["server"]["image"]["tag"] == known["app_version"]
+    assert values["admintools"]["image"]["tag"].startswith(f"{known['app_version']}-")
+
+
+def test_helm_key_check_can_fail() -> None:
+    known = chart_keys()
+    used = values_key_paths({"server": {"frontnd": {"replicaCount": 2}}}, set(known["free_form"]))
+    assert [path for path in used if path not in set(known["keys"])] == [
+        "server.frontnd",
+        "server.frontnd.replicaCount",
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from domain.opportunity import OpportunityView
 from domain.principal import Role
 from domain.projection import ProcessRecord, Transition
 from domain.tasks import HumanTask
@@ -57,13 +58,24 @@ async def seed_tasks(
         )
         for i, due in enumerate(dues)
     ]
-    view = {
-        "id": pid,
-        "partner_id": partner,
-        "customer_name": "Foo Ltd",
-        "project_name": "Bar",
-        "amount": "1200.00",
-    }
+    # a whole public view, as a workflow writes it: lists read these rows as OpportunityView
+    view = OpportunityView.model_validate(
+        {
+            "id": pid,
+            "partner_id": partner,
+            "status": "in_review",
+            "customer_name": "Foo Ltd",
+            "project_name": "Bar",
+            "offerings": [],
+            "amount": "1200.00",
+            "region": None,
+            "industry": None,
+            "expected_close_date": "2027-03-31",
+            "submitted_by": f"{partner}-user",
+            "created_at": now.isoformat(),
+            "updated_at": now.isoformat(),
+        }
+    ).model_dump(mode="json")
     record = ProcessRecord(
         id=pid, process="opportunity", partner_id=partner, status="in_review", version=1,
         created_at=now, updated_at=now, view=view,

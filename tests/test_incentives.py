@@ -8,7 +8,7 @@ import asyncio
 import os
 import uuid
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -351,10 +351,11 @@ class TestFromDeliveredPoToPaid:
         shown = await eventually(due_at_in_temporal, timeout=20, what="DueAt in Temporal")
         assert shown == due
 
-        # R-INC-10: paid with method and reference; the partner is notified
+        # R-INC-10: paid with method and reference; the partner is notified (R-X-5: by another
+        # finance user than the one who qualified the invoice)
         view = await complete(
             stack.http,
-            staff.finance,
+            staff.finance_2,
             payout["id"],
             "paid",
             data={"method": "bank_transfer", "reference": "BOC-2027-000123"},
@@ -481,13 +482,14 @@ class TestSources:
 
     async def test_r_inc_1_capability_label_certified_this_year(self, stack: Stack) -> None:
         p = await new_partner(stack, "service", tier=None)
-        cert_id = await insert_certification(stack, p.id, subject="data-migration", level=2)
+        cert_id = await insert_certification(stack, p.id, subject="data-migration", level=1)
         inc = await apply(
             stack.http,
             p.member,
-            {"source": "capability_label", "certification_id": cert_id, "amount": "50000.00"},
+            {"source": "capability_label", "certification_id": cert_id, "amount": "20000.00"},
         )
-        assert inc["program"] == "service/level-2" and inc["cap"] == "50000.00"
+        # no level-2 label: the cited level-1 label's entry is the cap (R-INC-2)
+        assert inc["program"] == "service/level-1" and inc["cap"] == "20000.00"
         assert inc["source_details"]["subject"] == "data-migration"
         r = await stack.http.post(
             "/v1/incentives",
@@ -524,7 +526,7 @@ class TestSources:
     ) -> None:
         """R-CERT-7: incentives that depend on an expired label are no longer eligible."""
         p = await new_partner(stack, "service", tier=None)
-        cert_id = await insert_certification(stack, p.id)
+        cert_id = await insert_certification(stack, p.id, level=1)
         inc = await apply(
             stack.http,
             p.admin,
@@ -537,7 +539,9 @@ class TestSources:
             "approve",
             data={"amount": "100.00"},
         )
-        await insert_certification(stack, p.id, status="expired", version=2, cert_id=cert_id)
+        await insert_certification(
+            stack, p.id, level=1, status="expired", version=2, cert_id=cert_id
+        )
         r = await stack.http.post(f"/v1/incentives/{inc['id']}/payment-request", headers=p.admin)
         refused(r, 409, "PF.LABEL_NO_LONGER_CERTIFIED")
         assert (await get_inc(stack, p.admin, inc["id"]))["status"] == "pending_payment_application"
@@ -665,22 +669,50 @@ class TestCaps:
         inc = await apply(stack.http, p.admin, funding_head("80000.00"))
         assert inc["program"] == "software/advanced_cloud_software"
 
-    async def test_r_inc_2_service_partner_cap_per_level_2_label(self, stack: Stack) -> None:
-        p = await new_partner(stack, "service", tier=None)
-        level_2 = await insert_certification(stack, p.id, subject="migration", level=2)
-        level_1 = await insert_certification(stack, p.id, subject="ops", level=1)
-        r = await stack.http.post(
-            "/v1/incentives",
-            json={"source": "capability_label", "certification_id": level_2, "amount": "50000.01"},
-            headers=p.admin,
+    async def test_r_inc_1_r_inc_2_service_partner_cites_level_1_paid_by_level_2_labels(
+        self, stack: Stack
+    ) -> None:
+        """R-INC-1: the application cites a level-1 label certified this year (a level-2 label
+        is not cited); R-INC-2: the cap is the largest configured entry among the partner's
+        valid level-2 labels, else the cited level-1 label's; the same gives Funding Head's."""
+        caps = IncentiveCaps(
+            service={
+                "level-1": Decimal("20000.00"),
+                "level-2": Decimal("50000.00"),
+                "big-data": Decimal("90000.00"),
+            }
         )
-        refused(r, 422, "PF.INCENTIVE_OVER_CAP")
-        r = await stack.http.post(
-            "/v1/incentives",
-            json={"source": "capability_label", "certification_id": level_1, "amount": "1.00"},
-            headers=p.admin,
-        )
-        assert refused(r, 422, "PF.NO_INCENTIVE_CAP")["details"]["program"] == "service/ops"
+        policy = Policy(incentive_caps=caps)
+        clock = [datetime.now(UTC)]
+        async with api_at(stack, clock, policy) as http:
+            p = await new_partner(stack, "service", tier=None)
+            ops = await insert_certification(stack, p.id, subject="ops", level=1)
+            clock[0] = datetime.now(UTC)
+            body = {"source": "capability_label", "certification_id": ops, "amount": "20000.01"}
+            # no level-2 label: the cited level-1 label's entry
+            r = await http.post("/v1/incentives", json=body, headers=p.admin)
+            assert refused(r, 422, "PF.INCENTIVE_OVER_CAP")["details"]["cap"] == "20000.00"
+            # Funding Head: no level-2 label, the level-1 label's entry
+            inc = await apply(http, p.admin, funding_head("20000.00"))
+            assert inc["program"] == "service/level-1"
+            # with valid level-2 labels the largest of their entries wins
+            migration = await insert_certification(stack, p.id, subject="migration", level=2)
+            await insert_certification(stack, p.id, subject="big-data", level=2)
+            await insert_certification(
+                stack, p.id, subject="expired-one", level=2, status="expired"
+            )
+            clock[0] = datetime.now(UTC)
+            inc = await apply(http, p.admin, {**body, "amount": "90000.00"})
+            assert inc["cap"] == "90000.00" and inc["program"] == "service/big-data"
+            inc = await apply(http, p.admin, funding_head("90000.00"))
+            assert inc["program"] == "service/big-data"
+            # a level-2 label is not what an application cites
+            r = await http.post(
+                "/v1/incentives",
+                json={**body, "certification_id": migration, "amount": "1.00"},
+                headers=p.admin,
+            )
+            refused(r, 409, "PF.LABEL_LEVEL_NOT_ELIGIBLE")
 
     async def test_r_inc_2_partner_without_a_cap_is_refused(self, stack: Stack) -> None:
         p = await new_partner(stack, "reseller", tier=None)
@@ -876,9 +908,16 @@ class TestRetries:
         responses = await asyncio.gather(
             *(stack.http.post("/v1/incentives", json=body, headers=headers) for _ in range(4))
         )
-        assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
-        first = responses[0].json()
-        assert all(r.json()["id"] == first["id"] for r in responses)
+        # R-X-6: repeats that arrive while the first is in flight are 409 IN_FLIGHT (by design)
+        assert {r.status_code for r in responses} <= {201, 409}, [r.text for r in responses]
+        created = [r for r in responses if r.status_code == 201]
+        assert created and all(
+            r.json()["error_code"] == "PF.IDEMPOTENCY_KEY_IN_FLIGHT"
+            for r in responses
+            if r.status_code == 409
+        )
+        first = created[0].json()
+        assert all(r.content == created[0].content for r in created)
         again = await apply(stack.http, headers, body)
         assert again == first
         assert [r.id for r in await incentives_of(stack, p.id)] == [first["id"]]
@@ -1201,7 +1240,7 @@ class TestPayout:
         p = await new_partner(stack)
         inc = await invoiced(stack, p)
         check = await _open_task(stack, staff.finance, inc["id"], "inc.invoice_check")
-        await complete(stack.http, staff.finance, check["id"], "qualified")
+        await complete(stack.http, staff.finance_2, check["id"], "qualified")  # R-X-5
         payout = await _open_task(stack, staff.finance, inc["id"], "inc.payout")
         for bad in (
             {},
@@ -1229,6 +1268,186 @@ class TestPayout:
         assert paid["actor"] == "fin-1" and paid["details"]["reference"] == "CA-0099"
         notes = await outbox_to(stack, inc["id"], p.sub)
         assert any("CA-0099" in n.body for n in notes)
+
+
+# --- R-INC-8 / R-INC-9: the 15-day clock; R-X-5: three people on the money ------------------
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class TestInvoiceClock:
+    async def test_r_inc_8_invoice_check_reminder_then_escalation_to_the_finance_lead(
+        self, stack: Stack
+    ) -> None:
+        staff = Staff(stack)
+        policy = stack.settings.policy.model_copy(update={"invoice_check_sla": "PT4S"})
+        async with api_at(stack, [datetime.now(UTC)], policy) as http:
+            p = await new_partner(stack)
+            view = await invoiced(stack, p, http)
+        assert view["status"] == "invoice_submitted"
+        submitted = ts(view["invoice_submitted_at"])
+        assert ts(view["invoice_check_due_at"]) == submitted + timedelta(seconds=4)
+        check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+        assert ts(check["due_at"]) == submitted + timedelta(seconds=4)
+
+        async def acted(action: str) -> bool:
+            return action in await actions(stack, p.admin, view["id"])
+
+        await eventually(lambda: acted("task_reminded"), timeout=30, what="the check reminder")
+        await eventually(lambda: acted("task_escalated"), timeout=30, what="the escalation")
+        escalation = [
+            n for n in await outbox_to(stack, view["id"], "finance_lead") if "overdue" in n.subject
+        ]
+        assert len(escalation) == 1
+        check = await _open_task(stack, staff.finance_lead, view["id"], "inc.invoice_check")
+        assert check["escalated"] is True
+        # the finance lead moves it on; the deadline still counts from the invoice's submission
+        moved = await post(
+            stack.http,
+            f"/v1/tasks/{check['id']}/reassign",
+            staff.finance_lead,
+            {"assignee": "fin-2"},
+        )
+        assert ts(moved["invoice_check_due_at"]) == submitted + timedelta(seconds=4)
+        view = await complete(stack.http, staff.finance_2, check["id"], "qualified")
+        assert view["status"] == "awaiting_payout"
+
+    async def test_r_inc_8_received_at_neither_future_nor_before_the_invoice(
+        self, stack: Stack
+    ) -> None:
+        staff = Staff(stack)
+        p = await new_partner(stack)
+        view = await invoiced(stack, p)
+        submitted = ts(view["invoice_submitted_at"])
+        check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+        for bad in (
+            datetime.now(UTC) + timedelta(hours=1),
+            submitted - timedelta(seconds=1),
+        ):
+            err = await complete(
+                stack.http,
+                staff.finance,
+                check["id"],
+                "qualified",
+                expect=422,
+                data={"received_at": bad.isoformat()},
+            )
+            assert err["error_code"] == "PF.RECEIVED_AT_INVALID", err
+        err = await complete(
+            stack.http,
+            staff.finance,
+            check["id"],
+            "qualified",
+            expect=422,
+            data={"received_at": "yesterday"},
+        )
+        assert err["error_code"] == "PF.INVALID_DATA"
+        unchanged = await get_inc(stack, p.admin, view["id"])
+        assert unchanged["status"] == "invoice_submitted" and unchanged["invoice_checks"] == []
+
+    async def test_r_inc_9_payout_due_counts_from_received_at_not_the_click(
+        self, stack: Stack
+    ) -> None:
+        staff = Staff(stack)
+        p = await new_partner(stack)
+        view = await invoiced(stack, p)
+        submitted = ts(view["invoice_submitted_at"])
+        check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+        # received at the moment of submission, sent in Beijing time: stored and shown in UTC
+        sent = submitted.astimezone(timezone(timedelta(hours=8))).isoformat()
+        view = await complete(
+            stack.http, staff.finance, check["id"], "qualified", data={"received_at": sent}
+        )
+        assert view["received_at"].endswith("Z") and ts(view["received_at"]) == submitted
+        assert ts(view["payout_due_at"]) == submitted + timedelta(days=15)
+        assert ts(view["payout_due_at"]) < ts(view["qualified_at"]) + timedelta(days=15)
+        payout = await _open_task(stack, staff.finance_2, view["id"], "inc.payout")
+        assert ts(payout["due_at"]) == submitted + timedelta(days=15)
+        # omitted: received now
+        p2 = await new_partner(stack)
+        view = await invoiced(stack, p2)
+        check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+        view = await complete(stack.http, staff.finance, check["id"], "qualified")
+        assert view["received_at"] == view["qualified_at"]
+        assert ts(view["payout_due_at"]) == ts(view["received_at"]) + timedelta(days=15)
+
+
+class TestFourEyes:
+    async def test_r_x_5_approver_qualifier_and_payer_are_three_people(self, stack: Stack) -> None:
+        staff = Staff(stack)
+        both = stack.auth("rev-fin-1", ["incentive_reviewer", "finance"])
+        p = await new_partner(stack)
+        inc = await apply(stack.http, p.admin, funding_head("8000.00"))
+        await complete(stack.http, both, inc["open_task_id"], "approve", data={"amount": "8000.00"})
+        await post(stack.http, f"/v1/incentives/{inc['id']}/payment-request", p.admin)
+        await post(
+            stack.http, f"/v1/incentives/{inc['id']}/invoice", p.admin, {"invoice_number": "B7"}
+        )
+        check = await _open_task(stack, staff.finance, inc["id"], "inc.invoice_check")
+        # the approver may not qualify
+        err = await complete(stack.http, both, check["id"], "qualified", expect=403)
+        assert err["error_code"] == "PF.SEPARATION_OF_DUTIES"
+        view = await complete(stack.http, staff.finance, check["id"], "qualified")
+        payout_id = view["open_task_id"]
+        # neither the qualifier nor the approver may pay
+        for who in (staff.finance, both):
+            err = await complete(
+                stack.http,
+                who,
+                payout_id,
+                "paid",
+                expect=403,
+                data={"method": "bank_transfer", "reference": "X"},
+            )
+            assert err["error_code"] == "PF.SEPARATION_OF_DUTIES"
+        assert (await get_inc(stack, p.admin, inc["id"]))["status"] == "awaiting_payout"
+        view = await complete(
+            stack.http,
+            staff.finance_2,
+            payout_id,
+            "paid",
+            data={"method": "bank_transfer", "reference": "T-9"},
+        )
+        assert view["status"] == "paid"
+        history = (
+            await stack.http.get(f"/v1/incentives/{inc['id']}/history", headers=p.admin)
+        ).json()["items"]
+        by = {i["action"]: i["actor"] for i in history}
+        assert len({by["review_approve"], by["invoice_qualified"], by["paid"]}) == 3
+
+    async def test_r_x_5_reassign_only_to_someone_who_may_act(self, stack: Stack) -> None:
+        """There is no staff directory: the process refuses the people it knows are barred (the
+        submitter, the partner's users it has heard from, the approver and the qualifier); a
+        person without the task's role is refused when they try to complete it."""
+        staff = Staff(stack)
+        p = await new_partner(stack)
+        view = await invoiced(stack, p)
+        check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+        url = f"/v1/tasks/{check['id']}/reassign"
+        for barred in (p.sub, "rev-1"):  # the submitter; the approver (may not qualify)
+            refused(
+                await stack.http.post(url, json={"assignee": barred}, headers=staff.finance_lead),
+                422,
+                "PF.ASSIGNEE_NOT_ELIGIBLE",
+            )
+        # a PDM may be named (the process cannot know their roles) but may not decide
+        await post(stack.http, url, staff.finance_lead, {"assignee": "pdm-li"})
+        pdm = stack.auth("pdm-li", ["pdm"])
+        err = await complete(stack.http, pdm, check["id"], "qualified", expect=403)
+        assert err["error_code"] == "PF.FORBIDDEN"
+        await post(stack.http, url, staff.finance_lead, {"assignee": "fin-1"})
+        view = await complete(stack.http, staff.finance, check["id"], "qualified")
+        url = f"/v1/tasks/{view['open_task_id']}/reassign"
+        for barred in ("fin-1", "rev-1", p.sub):  # the qualifier, the approver, the submitter
+            refused(
+                await stack.http.post(url, json={"assignee": barred}, headers=staff.finance_lead),
+                422,
+                "PF.ASSIGNEE_NOT_ELIGIBLE",
+            )
+        view = await post(stack.http, url, staff.finance_lead, {"assignee": "fin-2"})
+        assert view["assignee"] == "fin-2"
 
 
 # --- object-level authorization ----------------------------------------------------------------
@@ -1314,3 +1533,47 @@ async def test_r_inc_full_history_replays(stack: Stack) -> None:
         for old in HISTORIES.glob("incentive_application_full__*.json"):
             old.unlink()
         (HISTORIES / f"incentive_application_full__{inc['id']}.json").write_text(history.to_json())
+
+
+async def test_r_inc_8_r_inc_9_r_x_5_history_replays(stack: Stack) -> None:
+    """The invoice clock (R-INC-8: a check task with a deadline; R-INC-9: `received_at`) and
+    three people on the money (R-X-5: a refused payer, a refused reassignment), recorded as
+    `incentive_invoice_clock_four_eyes` and replayed on the current code."""
+    if stack.db != "sqlite":
+        pytest.skip("one recording is enough; the workflow code does not depend on the store")
+    staff = Staff(stack)
+    p = await new_partner(stack)
+    view = await invoiced(stack, p)
+    check = await _open_task(stack, staff.finance, view["id"], "inc.invoice_check")
+    await post(
+        stack.http, f"/v1/tasks/{check['id']}/reassign", staff.finance_lead, {"assignee": "fin-1"}
+    )
+    view = await complete(
+        stack.http,
+        staff.finance,
+        check["id"],
+        "qualified",
+        data={"received_at": view["invoice_submitted_at"]},
+    )
+    await complete(
+        stack.http,
+        staff.finance,
+        view["open_task_id"],
+        "paid",
+        expect=403,
+        data={"method": "bank_transfer", "reference": "T-1"},
+    )
+    await complete(
+        stack.http,
+        staff.finance_2,
+        view["open_task_id"],
+        "paid",
+        data={"method": "bank_transfer", "reference": "T-1"},
+    )
+    handle = stack.client.get_workflow_handle(view["id"])
+    assert (await handle.result())["status"] == "paid"
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    if os.environ.get("PARTNERFLOW_RECORD_HISTORIES") == "1":
+        label = "incentive_invoice_clock_four_eyes"
+        (HISTORIES / f"{label}__{view['id']}.json").write_text(history.to_json())

@@ -155,10 +155,15 @@ async def check_replay(stack: Stack, workflow_id: str, label: str) -> None:
 
 @pytest.fixture(scope="module")
 async def short(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    """The same store and worker behind an API whose invitations and links last two seconds."""
+    """The same store and worker behind an API whose invitations, links and dissociation
+    requests last two seconds."""
     server = ApiServer(
         stack.settings.model_copy(
-            update={"policy": Policy(invite_ttl="PT2S", customer_link_ttl="PT2S")}
+            update={
+                "policy": Policy(
+                    invite_ttl="PT2S", customer_link_ttl="PT2S", dissociation_answer_ttl="PT2S"
+                )
+            }
         )
     )
     await server.start()
@@ -584,6 +589,38 @@ class TestDissociation:
         # the partner may ask again later
         again = await request_dissociation(stack, p.acme, account_id)
         assert again["id"] != dis["id"]
+
+    async def test_r_inv_6_unanswered_dissociation_lapses_and_both_are_told(
+        self, stack: Stack, short: httpx.AsyncClient
+    ) -> None:
+        p = People(stack)
+        account_id = await new_account(stack, associated_partner_id="p-acme")
+        dis = await post(
+            short,
+            "/v1/dissociations",
+            p.acme,
+            expect=201,
+            json={"account_id": account_id, "reason": "The customer moved region"},
+        )
+        assert dis["lapses_at"] is not None
+        path = f"/v1/dissociations/{dis['id']}"
+        view = await wait_status(stack.http, path, p.acme, "lapsed")
+        assert view["answered_at"] is None
+        assert await associated_partner(stack, account_id) == "p-acme"  # nothing changed
+        err = await post(stack.http, f"{path}/accept", p.account(account_id), expect=409)
+        assert err["error_code"] == "PF.DISSOCIATION_LAPSED"
+        assert await history(stack, path, p.acme) == [
+            "dissociation_requested",
+            "dissociation_lapsed",
+        ]
+        rows = await outbox_for(stack, dis["id"])
+        mail = f"{account_id}@customer.example"
+        assert [r.recipient for r in rows] == [mail, "u-acme-1", mail]  # both are told
+        assert all("lapsed" in r.subject for r in rows[1:])
+        # the partner may ask again
+        again = await request_dissociation(stack, p.acme, account_id)
+        assert again["id"] != dis["id"]
+        await check_replay(stack, dis["id"], "dissociation_lapsed")
 
     async def test_r_inv_6_dissociation_needs_a_reason_an_association_and_the_customer(
         self, stack: Stack

@@ -178,7 +178,12 @@ class TestDuplicates:
         assert still["status"] == "in_review" and still["open_task_id"] == task2["id"]
         # rejecting the duplicate is still possible
         view = await complete(
-            stack.http, a.pdm_wang, task2["id"], "reject", comment="duplicate of an approved PO"
+            stack.http,
+            a.pdm_wang,
+            task2["id"],
+            "reject",
+            comment="duplicate of an approved PO",
+            data={"criteria": ALL_PASS},
         )
         assert view["status"] == "rejected"
 
@@ -299,7 +304,12 @@ class TestPartnerActions:
         err = await complete(stack.http, a.pdm_li, po["open_task_id"], "return", expect=422)
         assert err["error_code"] == "PF.COMMENT_REQUIRED"
         view = await complete(
-            stack.http, a.pdm_li, po["open_task_id"], "return", comment="attach the tender notice"
+            stack.http,
+            a.pdm_li,
+            po["open_task_id"],
+            "return",
+            comment="attach the tender notice",
+            data={"criteria": ALL_PASS},
         )
         assert view["status"] == "returned" and view["decision"]["comment"]
         edited = po_body(
@@ -327,7 +337,12 @@ class TestPartnerActions:
         )
         assert err["error_code"] == "PF.COMMENT_REQUIRED"
         view = await complete(
-            stack.http, a.pdm_li, po["open_task_id"], "reject", comment="customer unknown"
+            stack.http,
+            a.pdm_li,
+            po["open_task_id"],
+            "reject",
+            comment="customer unknown",
+            data={"criteria": {**ALL_PASS, "customer_real": False}},
         )
         assert view["status"] == "rejected" and view["decision"]["comment"] == "customer unknown"
 
@@ -392,7 +407,8 @@ class TestProgress:
         po = await self._approved(stack, a)
         r = await stack.http.patch(
             f"/v1/opportunities/{po['id']}",
-            json={"customer_name": po["customer_name"] + " Group"},
+            # (" Group" would be the same customer: a legal form, R-PO-4)
+            json={"customer_name": po["customer_name"] + " Suzhou"},
             headers=a.acme,
         )
         assert r.status_code == 200, r.text

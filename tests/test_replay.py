@@ -48,6 +48,9 @@ def load(path: Path) -> WorkflowHistory:
 def test_histories_are_committed() -> None:
     labels = {p.stem.split("__")[0] for p in committed()}
     assert "opportunity_review_full" in labels, labels
+    # recorded after R-X-6's exact ids: activity inputs carry `origin_run_id`, update ids name
+    # the caller (a copy of test_full_po_history_replays' recording under its own label)
+    assert "opportunity_review_exact_ids" in labels, labels
     # recorded by tests/test_invitations.py and tests/test_resellers.py (`check_replay`)
     assert {
         "invitation_accepted",
@@ -63,6 +66,17 @@ def test_histories_are_committed() -> None:
     # recorded by tests/test_certification.py (test_full_certification_history_replays): the
     # run that continues-as-new at a recertification, and the run it hands over to
     assert {"certification_cycle", "certification_next"} <= labels, labels
+    # rules round 2 (issue 14), each recorded by the test named after its rules:
+    # tests/test_incentives.py test_r_inc_8_r_inc_9_r_x_5_history_replays,
+    # tests/test_po_round2.py test_r_po_3_r_po_4_r_po_7_r_po_9_r_po_10_history_replays,
+    # tests/test_invitations.py test_r_inv_6_unanswered_dissociation_lapses_and_both_are_told
+    assert {
+        "incentive_invoice_clock_four_eyes",
+        "opportunity_rules_round2",
+        "dissociation_lapsed",
+        # tests/test_certification.py TestClarification (R-CERT-3)
+        "certification_clarification",
+    } <= labels, labels
 
 
 @pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])
@@ -137,7 +151,14 @@ async def test_full_po_history_replays(stack: Stack) -> None:
         stack.http, a.dispatcher, po["open_task_id"], "dispatch", data={"pdm": "pdm-wang"}
     )
     view = (await stack.http.get(f"/v1/opportunities/{po['id']}", headers=a.cobalt)).json()
-    await complete(stack.http, a.pdm_wang, view["open_task_id"], "return", comment="more info")
+    await complete(
+        stack.http,
+        a.pdm_wang,
+        view["open_task_id"],
+        "return",
+        comment="more info",
+        data={"criteria": ALL_PASS},  # R-PO-10: on every outcome
+    )
     body = {
         k: view[k]
         for k in (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,7 +16,7 @@ from domain.tasks import HumanTask
 from store.claims import claim
 from store.db import transaction
 from store.models import AuditEvent, OutboxMessage, ProcessRow, TaskRow
-from store.readmodel import apply_transition
+from store.readmodel import READ_MODEL_CONFLICTS, ReadModelConflict, apply_transition
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -151,3 +152,48 @@ async def test_r_po_4_a_fresh_claim_counts_as_live_until_its_grace_runs_out(
     assert await claimed_within(
         sessions, scope="s", key="k", holder="b", grace=timedelta(seconds=60)
     )
+
+
+async def test_r_x_6_a_write_from_another_run_is_refused_and_counted(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """R-X-6: a second run under a used id (the expired-invitation case) used to write version 1
+    again and be dropped without a word; now it raises and is counted, and writes nothing."""
+
+    def counted() -> float:
+        return float(READ_MODEL_CONFLICTS.labels(process="opportunity")._value.get())
+
+    first = transition(1, "in_review").model_copy(update={"origin_run_id": "run-a"})
+    async with transaction(sessions) as session:
+        await apply_transition(session, first)
+    # the same run goes on, also after continue-as-new (same first run id, higher version)
+    later = transition(2, "approved").model_copy(update={"origin_run_id": "run-a"})
+    async with transaction(sessions) as session:
+        await apply_transition(session, later)
+    before = counted()
+    other = transition(1, "in_review").model_copy(update={"origin_run_id": "run-b"})
+    with pytest.raises(ReadModelConflict) as refused:
+        async with transaction(sessions) as session:
+            await apply_transition(session, other)
+    assert refused.value.owner == "run-a" and refused.value.writer == "run-b"
+    assert counted() == before + 1
+    async with sessions() as session:
+        row = await session.get(ProcessRow, "po-1")
+    assert row is not None and row.version == 2 and row.origin_run_id == "run-a"
+    assert await count(sessions, AuditEvent) == 2  # nothing of run-b's transition was written
+    assert await count(sessions, OutboxMessage) == 2
+
+
+async def test_r_x_6_rows_from_before_run_ids_are_adopted_not_refused(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A transition recorded before `origin_run_id` existed (None) is not checked; the next
+    transition that names its run adopts the row."""
+    async with transaction(sessions) as session:
+        await apply_transition(session, transition(1, "in_review"))
+    named = transition(2, "approved").model_copy(update={"origin_run_id": "run-a"})
+    async with transaction(sessions) as session:
+        await apply_transition(session, named)
+    async with sessions() as session:
+        row = await session.get(ProcessRow, "po-1")
+    assert row is not None and row.version == 2 and row.origin_run_id == "run-a"

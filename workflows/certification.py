@@ -33,11 +33,13 @@ with workflow.unsafe.imports_passed_through():
         CERT_REVIEW,
         CERT_TASK_KINDS,
         SUBJECT_PATTERN,
+        AnswerClarification,
         Attempt,
         CertificationCarried,
         CertificationInput,
         CertificationStatus,
         CertificationView,
+        Clarification,
         Defense,
         DefenseHeld,
         DefenseSchedule,
@@ -80,6 +82,9 @@ class Certification(ProcessWorkflow):
         self.cert = inp.certification
         self.policy = inp.policy
         self.next_attempt_started = False
+        # Set at the start of `run` from `workflow.patched` (R-CERT-3: clarification, and a
+        # defense requested by the partner's PDM or certification operations).
+        self.clarify_rule = False
         carried = inp.carried
         if carried is None:
             self.submitted_by = inp.submitted_by
@@ -103,6 +108,7 @@ class Certification(ProcessWorkflow):
 
     @workflow.run
     async def run(self, inp: CertificationInput) -> dict[str, Any]:
+        self.clarify_rule = workflow.patched("cert-clarify-and-defense-on-behalf")
         if inp.carried is None:
             self._check_identity()
             await self._open_review(
@@ -133,8 +139,18 @@ class Certification(ProcessWorkflow):
     @request_defense.validator
     def _validate_request_defense(self, cmd: RequestDefense) -> None:
         check_fresh(cmd, workflow.now())
-        self._check_owner(cmd.actor)
+        self._check_defense_requester(cmd.actor)
         self._check_defense()
+
+    @workflow.update
+    async def answer_clarification(self, cmd: AnswerClarification) -> dict[str, Any]:
+        return await self.enqueue(cmd)
+
+    @answer_clarification.validator
+    def _validate_answer_clarification(self, cmd: AnswerClarification) -> None:
+        check_fresh(cmd, workflow.now())
+        self._check_owner(cmd.actor)
+        self._check_clarification_pending()
 
     @workflow.update
     async def recertify(self, cmd: Recertify) -> dict[str, Any]:
@@ -157,6 +173,8 @@ class Certification(ProcessWorkflow):
             await self._complete(cmd)
         elif isinstance(cmd, RequestDefense):
             await self._request_defense(cmd)
+        elif isinstance(cmd, AnswerClarification):
+            await self._answer_clarification(cmd)
         elif isinstance(cmd, Recertify):
             await self._recertify(cmd)
         else:  # pragma: no cover - only the Updates above enqueue
@@ -165,7 +183,9 @@ class Certification(ProcessWorkflow):
 
     async def _complete(self, cmd: CompleteTask) -> None:
         task, data = self.check_complete(cmd)
-        if isinstance(data, ReviewDecision):
+        if task.kind == CERT_REVIEW.name and cmd.outcome == "clarify":
+            await self._ask_clarification(task, cmd)
+        elif isinstance(data, ReviewDecision):
             await self._decide(task, cmd, data)
         elif isinstance(data, DefenseSchedule):
             await self._schedule_defense(task, cmd, data)
@@ -206,16 +226,79 @@ class Certification(ProcessWorkflow):
             notifications=[self._result_notice(self.result)],  # R-CERT-4
         )
 
-    async def _request_defense(self, cmd: RequestDefense) -> None:
+    async def _ask_clarification(self, task: HumanTask, cmd: CompleteTask) -> None:
+        """R-CERT-3: the expert asks the partner instead of deciding; the review waits."""
+        assert cmd.comment is not None  # the outcome requires it
+        self.finish_task(task, cmd)
+        self.attempt.clarifications.append(
+            Clarification(
+                question=cmd.comment,
+                asked_by=cmd.actor.sub,
+                asked_at=workflow.now(),
+                task_id=task.id,
+            )
+        )
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="clarification_requested",
+                    task_id=task.id,
+                    comment=cmd.comment,
+                    details={"attempt": self.attempt.number},
+                )
+            ],
+            notifications=[
+                self._partner_notice(
+                    "the expert asks a question",
+                    f"Question: {cmd.comment}\nAnswer with POST "
+                    f"/v1/certifications/{self.process_id}/clarification.",
+                )
+            ],
+        )
+
+    async def _answer_clarification(self, cmd: AnswerClarification) -> None:
+        """R-CERT-3: the answer goes into the attempt's history and the review returns to the
+        expert who asked."""
         self._check_owner(cmd.actor)
+        self._check_clarification_pending()
+        asked = self.attempt.pending_clarification
+        assert asked is not None
+        asked.answer, asked.answered_by = cmd.answer, cmd.actor.sub
+        asked.answered_at = workflow.now()
+        task = self.open_task(
+            CERT_REVIEW,
+            assignee=asked.asked_by,
+            partner_id=self.inp.partner_id,
+            submitted_by=self.attempt.submitted_by,
+        )
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor=cmd.actor.sub,
+                    action="clarification_answered",
+                    task_id=task.id,
+                    comment=cmd.answer,
+                    details={"question": asked.question, "asked_by": asked.asked_by},
+                )
+            ],
+            notifications=[self.assignment_notice(task)],
+        )
+
+    async def _request_defense(self, cmd: RequestDefense) -> None:
+        self._check_defense_requester(cmd.actor)
         self._check_defense()
         audit: list[AuditEntry] = []
         review = self.open_task_of(CERT_REVIEW)
         if review is not None:
             review.status = TaskStatus.cancelled
             audit.append(AuditEntry(actor="system", action="review_suspended", task_id=review.id))
+        on_behalf = None if cmd.actor.partner_id == self.inp.partner_id else self.inp.partner_id
         self.attempt.defense = Defense(
-            requested_by=cmd.actor.sub, requested_at=workflow.now(), reason=cmd.reason
+            requested_by=cmd.actor.sub,
+            requested_at=workflow.now(),
+            reason=cmd.reason,
+            on_behalf_of=on_behalf,
         )
         task = self.open_task(
             CERT_DEFENSE,
@@ -230,10 +313,20 @@ class Certification(ProcessWorkflow):
                 action="defense_requested",
                 task_id=task.id,
                 comment=cmd.reason,
-                details={"attempt": self.attempt.number},
+                details={"attempt": self.attempt.number}
+                | ({"on_behalf_of": on_behalf} if on_behalf else {}),
             ),
         )
-        await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+        notes = [self.assignment_notice(task)]
+        if on_behalf:  # R-CERT-3: the partner hears who asked for it
+            notes.append(
+                self._partner_notice(
+                    "defense requested on your behalf",
+                    f"{cmd.actor.sub} requested an online defense on your behalf.\n"
+                    f"Reason: {cmd.reason}",
+                )
+            )
+        await self.commit(audit=audit, notifications=notes)
 
     async def _schedule_defense(
         self, task: HumanTask, cmd: CompleteTask, data: DefenseSchedule
@@ -317,7 +410,7 @@ class Certification(ProcessWorkflow):
     async def on_process_deadline(self) -> None:
         now = workflow.now()
         period = self.periods[-1]
-        busy = self.open_task_of() is not None
+        busy = self.open_task_of() is not None or self.attempt.pending_clarification is not None
         audit: list[AuditEntry] = []
         notes: list[Notification] = []
         for notice in self.notices:
@@ -340,6 +433,8 @@ class Certification(ProcessWorkflow):
 
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         now = workflow.now()
+        if cmd.outcome == "clarify" and not self.clarify_rule:
+            refuse("PF.INVALID_OUTCOME", "this certification began before clarifications existed")
         if isinstance(data, ReviewDecision) and data.failed_without_note:
             refuse(
                 "PF.IMPROVEMENT_NOTE_REQUIRED",
@@ -364,6 +459,21 @@ class Certification(ProcessWorkflow):
     def _check_owner(self, actor: Principal) -> None:
         if actor.partner_id != self.inp.partner_id or not actor.has(*PARTNER_ROLES):
             refuse("PF.NOT_OWNER", "only the partner holding this certification may do this")
+
+    def _check_defense_requester(self, actor: Principal) -> None:
+        """R-CERT-3: the partner, or on its behalf its PDM or certification operations (staff;
+        that a PDM is this partner's is the API's check, against the routing table)."""
+        if self.clarify_rule and actor.partner_id is None and actor.has(Role.pdm, Role.cert_ops):
+            return
+        self._check_owner(actor)
+
+    def _check_clarification_pending(self) -> None:
+        if self.attempt.pending_clarification is None:
+            refuse(
+                "PF.WRONG_STATE",
+                "no question of the expert is waiting for an answer",
+                status=self._status(workflow.now()).value,
+            )
 
     def _check_defense(self) -> None:
         if self.attempt.defense is not None:
@@ -390,7 +500,7 @@ class Certification(ProcessWorkflow):
 
     def _check_recertify(self) -> None:
         now = workflow.now()
-        if self.open_task_of() is not None:
+        if self.open_task_of() is not None or self.attempt.pending_clarification is not None:
             refuse(
                 "PF.WRONG_STATE",
                 "a review or defense of this certification is in progress",
@@ -425,6 +535,8 @@ class Certification(ProcessWorkflow):
         return defense_until(r.decided_at, self.policy.cert_defense_period)
 
     def _status(self, now: datetime) -> CertificationStatus:
+        if self.attempt.pending_clarification is not None:
+            return S.clarification_requested
         if self.open_task_of(CERT_DEFENSE) is not None:
             scheduled = self.attempt.defense and self.attempt.defense.scheduled_at
             return S.defense_scheduled if scheduled else S.defense_requested
@@ -493,6 +605,12 @@ class Certification(ProcessWorkflow):
         status = self._status(now)
         task = self.open_task_of()
         label = self._label()
+        asked = self.attempt.pending_clarification
+        if asked is not None:
+            return (
+                f"{label}: expert {asked.asked_by} asked a question; waiting for the partner's "
+                "answer"
+            )
         if task is not None and task.kind == CERT_REVIEW.name:
             return f"{label}: waiting for a certification expert to review (task {task.id})"
         if task is not None:

@@ -23,9 +23,11 @@ with workflow.unsafe.imports_passed_through():
         DissociationView,
         dissociation_answered,
     )
+    from domain.policy import add_duration
     from domain.principal import Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import check_fresh
+    from domain.values import utc_iso, utc_text
     from workflows.accounts import dissociate
     from workflows.human_task import Pending, ProcessWorkflow
 
@@ -44,9 +46,14 @@ class Dissociation(ProcessWorkflow):
         self.status = S.requested
         self.answered_at: datetime | None = None
         self.answer_comment: str | None = None
+        self.lapses_at: datetime | None = None
 
     @workflow.run
     async def run(self, inp: DissociationInput) -> dict[str, Any]:
+        # R-INV-6: an unanswered request lapses after `dissociation_answer_ttl`; requests begun
+        # before the rule (no marker in their history) keep waiting as they did.
+        if workflow.patched("dissociation-answer-lapses") and inp.policy is not None:
+            self.lapses_at = add_duration(self.created_at, inp.policy.dissociation_answer_ttl)
         await self.commit(
             audit=[
                 AuditEntry(
@@ -61,7 +68,12 @@ class Dissociation(ProcessWorkflow):
                     f"{inp.partner_id} asks to end its association with your account",
                     f"Partner {inp.partner_id} asks to end its association with account "
                     f"{inp.account_id}.\nReason: {inp.reason}\nAnswer with POST "
-                    f"/v1/dissociations/{self.process_id}/accept or /decline.",
+                    f"/v1/dissociations/{self.process_id}/accept or /decline"
+                    + (
+                        f" by {utc_text(self.lapses_at)}; unanswered, the request lapses."
+                        if self.lapses_at
+                        else "."
+                    ),
                 )
             ],
         )
@@ -128,6 +140,47 @@ class Dissociation(ProcessWorkflow):
         )
         self.resolve(pending)
 
+    # --- R-INV-6: the answer's time limit ----------------------------------------------------
+
+    def process_deadline(self) -> datetime | None:
+        return self.lapses_at if self.status is S.requested else None
+
+    def visibility_due(self) -> datetime | None:
+        return self.process_deadline()
+
+    async def on_process_deadline(self) -> None:
+        """R-INV-6: unanswered in time, the request lapses; the association stays; both sides
+        are told."""
+        self.status = S.lapsed
+        outcome = (
+            f"account {self.inp.account_id} did not answer by {utc_text(self.lapses_at)}; "
+            "the request lapsed and the association stays as it is"
+        )
+        await self.commit(
+            audit=[
+                AuditEntry(
+                    actor="system",
+                    action="dissociation_lapsed",
+                    details={
+                        "account_id": self.inp.account_id,
+                        "lapses_at": utc_iso(self.lapses_at) if self.lapses_at else None,
+                    },
+                )
+            ],
+            notifications=[
+                Notification(
+                    recipient=self.inp.requested_by,
+                    subject=f"[partnerflow] your dissociation request for account "
+                    f"{self.inp.account_id} lapsed",
+                    body=f"Dissociation {self.process_id}: {outcome}. You may ask again.",
+                ),
+                self._customer_notice(
+                    f"the dissociation request from {self.inp.partner_id} lapsed",
+                    f"Dissociation {self.process_id}: {outcome}.",
+                ),
+            ],
+        )
+
     def _check_answer(self, actor: Principal) -> None:
         if not actor.has(Role.account) or actor.sub != self.inp.account_id:
             refuse("PF.NOT_CUSTOMER", "only the customer's own account may answer this request")
@@ -152,6 +205,7 @@ class Dissociation(ProcessWorkflow):
             requested_by=self.inp.requested_by,
             answered_at=self.answered_at,
             answer_comment=self.answer_comment,
+            lapses_at=self.lapses_at,
             created_at=self.created_at,
             updated_at=self.updated_at,
         ).model_dump(mode="json")
@@ -172,8 +226,11 @@ class Dissociation(ProcessWorkflow):
 
     def describe(self) -> str:
         if self.status is S.requested:
+            until = f" until {utc_text(self.lapses_at)}" if self.lapses_at else ""
             return (
                 f"waiting for account {self.inp.account_id} to accept or decline ending its "
-                f"association with {self.inp.partner_id}"
+                f"association with {self.inp.partner_id}{until}"
             )
+        if self.status is S.lapsed:
+            return "lapsed unanswered; nothing waits"
         return f"{self.status.value} by the customer; nothing waits"

@@ -130,6 +130,19 @@ class ProcessWorkflow:
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
         """Process-specific refusals for a completion, pure (no I/O): raise to refuse."""
 
+    def check_reassign_target(self, task: HumanTask, cmd: ReassignTask) -> None:
+        """R-X-5: refuse (raise `PF.ASSIGNEE_NOT_ELIGIBLE`) moving `task` to someone the process
+        knows may not act on it. There is no staff directory, so what is checked here is what
+        the process itself knows: the item's submitter, and whatever a subclass adds (the other
+        holders of a two-person duty). A role the new assignee lacks is refused when they try to
+        complete (their token carries their roles; `check_decision`). Pure: runs in validators."""
+        if task.submitted_by is not None and cmd.assignee == task.submitted_by:
+            refuse(
+                "PF.ASSIGNEE_NOT_ELIGIBLE",
+                f"{cmd.assignee} submitted this item and may not decide on it (R-X-5)",
+                assignee=cmd.assignee,
+            )
+
     def visibility_due(self) -> datetime | None:
         """What `DueAt` shows ops: by default the earliest due time of an open task. A process
         with its own moments (a scheduled defense, an expiry) adds them."""
@@ -158,6 +171,8 @@ class ProcessWorkflow:
         check_fresh(cmd, workflow.now())
         task = self.tasks.get(cmd.task_id)
         check_reassign(task, self._kind_of(task), cmd)
+        assert task is not None
+        self.check_reassign_target(task, cmd)
 
     @workflow.update
     async def claim_task(self, cmd: ClaimTask) -> dict[str, Any]:
@@ -265,6 +280,8 @@ class ProcessWorkflow:
         task = self.tasks.get(cmd.task_id)
         check_reassign(task, self._kind_of(task), cmd)
         assert task is not None
+        if workflow.patched("reassign-target-eligible"):  # R-X-5; older runs did not check
+            self.check_reassign_target(task, cmd)
         previous = task.assignee or str(task.candidate_role)
         task.assignee = cmd.assignee
         task.candidate_role = None
@@ -423,6 +440,7 @@ class ProcessWorkflow:
             tasks=list(self.tasks.values()),
             audit=audit,
             notifications=notifications or [],
+            origin_run_id=workflow.info().first_execution_run_id,
         )
         await self.store_activity(ReadModelActivities.apply_transition, transition)
         self.recorded = self.version

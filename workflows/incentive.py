@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.incentives import IncentiveActivities
     from domain.errors import refuse
     from domain.incentives import (
+        ACTING_ROLES,
         FINAL_STATUSES,
         INC_INVOICE_CHECK,
         INC_PAYOUT,
@@ -36,12 +37,14 @@ with workflow.unsafe.imports_passed_through():
         PaymentEligibilityQuery,
         Payout,
         PayoutData,
+        QualifiedData,
         RequestPayment,
         ResubmitIncentive,
         SubmitInvoice,
         invoice_list_for,
         source_key,
     )
+    from domain.policy import add_duration, halfway
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
@@ -72,9 +75,19 @@ class IncentiveApplication(ProcessWorkflow):
         self.payout_due_at: datetime | None = None
         self.payout_breached = False
         self.payout: Payout | None = None
+        self.invoice_submitted_at: datetime | None = None
+        self.received_at: datetime | None = None
+        # The partner's users this process has heard from: never a reviewer of it (R-X-5).
+        self.partner_actors: set[str] = {inp.submitted_by}
+        # Set at the start of `run` from `workflow.patched`: executions begun before these rules
+        # replay (and carry on) without them.
+        self.invoice_clock = False  # R-INC-8 / R-INC-9
+        self.four_eyes = False  # R-X-5 on money
 
     @workflow.run
     async def run(self, inp: IncentiveInput) -> dict[str, Any]:
+        self.invoice_clock = workflow.patched("inc-invoice-check-sla-received-at")
+        self.four_eyes = workflow.patched("inc-four-eyes-approver-qualifier-payer")
         await self._open_review(
             [
                 AuditEntry(
@@ -144,7 +157,7 @@ class IncentiveApplication(ProcessWorkflow):
         if task.kind == INC_REVIEW.name:
             await self._reviewed(cmd, task, data)
         elif task.kind == INC_INVOICE_CHECK.name:
-            await self._invoice_checked(cmd, task)
+            await self._invoice_checked(cmd, task, data)
         else:
             assert isinstance(data, PayoutData)
             await self._paid(cmd, task, data)
@@ -182,10 +195,17 @@ class IncentiveApplication(ProcessWorkflow):
             notifications=[self._partner_notice(f"your incentive application was {self.status}")],
         )
 
-    async def _invoice_checked(self, cmd: CompleteTask, task: HumanTask) -> None:
-        """R-INC-8: a qualified invoice starts the payout clock; an unqualified one goes back."""
+    async def _invoice_checked(
+        self, cmd: CompleteTask, task: HumanTask, data: BaseModel | None
+    ) -> None:
+        """R-INC-8: a qualified invoice starts the payout clock at its `received_at` (default
+        now); an unqualified one goes back to the partner."""
         assert self.invoice_number is not None
         now = workflow.now()
+        received_at: datetime | None = None
+        if cmd.outcome == "qualified" and self.invoice_clock:
+            given = data.received_at if isinstance(data, QualifiedData) else None
+            received_at = given or now
         self.invoice_checks.append(
             InvoiceCheck(
                 invoice_number=self.invoice_number,
@@ -193,6 +213,7 @@ class IncentiveApplication(ProcessWorkflow):
                 by=cmd.actor.sub,
                 at=now,
                 reason=cmd.comment,
+                received_at=received_at,
             )
         )
         if cmd.outcome == "unqualified":
@@ -227,6 +248,11 @@ class IncentiveApplication(ProcessWorkflow):
             partner_id=self.inp.partner_id,
             submitted_by=self.inp.submitted_by,
         )
+        if received_at is not None:
+            # R-INC-9: due `payout_sla` after the paper invoice was received, not after the click.
+            self.received_at = received_at
+            due = add_duration(received_at, self.inp.policy.payout_sla)
+            payout_task.due_at, payout_task.remind_at = due, halfway(received_at, due)
         self.payout_due_at = payout_task.due_at
         await self.commit(
             audit=[
@@ -238,6 +264,7 @@ class IncentiveApplication(ProcessWorkflow):
                     details={
                         "invoice_number": self.invoice_number,
                         "payout_due_at": _text(self.payout_due_at),
+                        **({"received_at": _text(received_at)} if received_at else {}),
                     },
                 )
             ],
@@ -288,6 +315,7 @@ class IncentiveApplication(ProcessWorkflow):
 
     async def _resubmit(self, pending: Pending, cmd: ResubmitIncentive) -> None:
         self._check_resubmit(cmd)
+        self.partner_actors.add(cmd.actor.sub)
         before = str(self.amount)
         self.amount = cmd.amount
         await self._open_review(
@@ -304,6 +332,7 @@ class IncentiveApplication(ProcessWorkflow):
 
     async def _request_payment(self, pending: Pending, cmd: RequestPayment) -> None:
         self._check_request_payment(cmd)
+        self.partner_actors.add(cmd.actor.sub)
         # R-INC-6: read when the request arrives, so certification completed since approval counts.
         partner = await workflow.execute_activity_method(
             IncentiveActivities.payment_eligibility,
@@ -366,12 +395,18 @@ class IncentiveApplication(ProcessWorkflow):
         reissue = self.status is S.invoice_unqualified
         self.invoice_number = cmd.invoice_number
         self.invoice_list.invoice_number = cmd.invoice_number
+        self.invoice_submitted_at = workflow.now()
+        self.partner_actors.add(cmd.actor.sub)
         self.status = S.invoice_submitted
+        # R-INC-8: finance checks it within `invoice_check_sla` of this submission; a reminder at
+        # half, escalation to the finance lead on breach.
         task = self.open_task(
             INC_INVOICE_CHECK,
             candidate_role=Role.finance,
             partner_id=self.inp.partner_id,
             submitted_by=self.inp.submitted_by,
+            sla=self.inp.policy.invoice_check_sla if self.invoice_clock else None,
+            escalate_to_role=Role.finance_lead if self.invoice_clock else None,
         )
         await self.commit(
             audit=[
@@ -411,11 +446,20 @@ class IncentiveApplication(ProcessWorkflow):
         # task: a reassignment (the finance lead's, after escalation) keeps the deadline.
         if task.kind == INC_PAYOUT.name and task.due_at is not None:
             return
+        # R-INC-8: the invoice check is due `invoice_check_sla` after the invoice's submission,
+        # whoever holds it.
+        if task.kind == INC_INVOICE_CHECK.name and task.due_at is not None and self.invoice_clock:
+            return
         super()._restart_clock(task)
 
     # --- checks, shared by validators (before history) and the main loop -------------------
 
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
+        """R-INC-5 amounts; R-INC-8 `received_at`; R-X-5 three people on the money.
+
+        Raises PF.AMOUNT_ABOVE_REQUESTED, PF.RECEIVED_AT_INVALID (422), PF.FORBIDDEN (a person
+        a task was reassigned to without the task's role), PF.SEPARATION_OF_DUTIES (403: the
+        approver qualifying, or the approver or qualifier paying)."""
         if isinstance(data, ApproveData) and data.amount > self.amount:
             refuse(
                 "PF.AMOUNT_ABOVE_REQUESTED",
@@ -423,6 +467,67 @@ class IncentiveApplication(ProcessWorkflow):
                 "never higher (R-INC-5)",
                 requested=str(self.amount),
             )
+        if self.invoice_clock and isinstance(data, QualifiedData) and data.received_at:
+            now = workflow.now()
+            if data.received_at > now:
+                refuse(
+                    "PF.RECEIVED_AT_INVALID",
+                    "received_at is in the future (R-INC-8)",
+                    received_at=_text(data.received_at),
+                    now=_text(now),
+                )
+            if self.invoice_submitted_at and data.received_at < self.invoice_submitted_at:
+                refuse(
+                    "PF.RECEIVED_AT_INVALID",
+                    "received_at is before the invoice was submitted (R-INC-8)",
+                    received_at=_text(data.received_at),
+                    invoice_submitted_at=_text(self.invoice_submitted_at),
+                )
+        if not self.four_eyes:
+            return
+        roles = ACTING_ROLES[task.kind]
+        if task.assignee is not None and not cmd.actor.has(*roles):
+            refuse(
+                "PF.FORBIDDEN",
+                f"{task.kind} tasks are decided by {', '.join(sorted(roles))} (R-X-5)",
+            )
+        barred = self._other_duties(task)
+        if cmd.actor.sub in barred:
+            refuse(
+                "PF.SEPARATION_OF_DUTIES",
+                f"{cmd.actor.sub} already {barred[cmd.actor.sub]} this incentive; the approver, "
+                "the invoice's qualifier and the payer are three different people (R-X-5)",
+                duty=barred[cmd.actor.sub],
+            )
+
+    def check_reassign_target(self, task: HumanTask, cmd: ReassignTask) -> None:
+        """R-X-5: besides the submitter, the partner's users this process has heard from and
+        the holders of the other money duties (`_other_duties`) are refused as assignees."""
+        super().check_reassign_target(task, cmd)
+        if not self.four_eyes:
+            return
+        reason = self._other_duties(task).get(cmd.assignee)
+        if reason is None and cmd.assignee in self.partner_actors:
+            reason = "acted for the partner on"
+        if reason is not None:
+            refuse(
+                "PF.ASSIGNEE_NOT_ELIGIBLE",
+                f"{cmd.assignee} {reason} this incentive and may not take task {task.id} (R-X-5)",
+                assignee=cmd.assignee,
+            )
+
+    def _other_duties(self, task: HumanTask) -> dict[str, str]:
+        """Who may not act on `task` because they hold another duty on this incentive: the
+        approver may neither qualify nor pay; the qualifier may not pay."""
+        barred: dict[str, str] = {}
+        if task.kind in (INC_INVOICE_CHECK.name, INC_PAYOUT.name):
+            if self.decision is not None and self.decision.outcome == "approve":
+                barred[self.decision.by] = "approved"
+        if task.kind == INC_PAYOUT.name:
+            qualified = [c for c in self.invoice_checks if c.outcome == "qualified"]
+            if qualified:
+                barred.setdefault(qualified[-1].by, "qualified the invoice of")
+        return barred
 
     def _check_owner(self, actor: Principal) -> None:
         if actor.partner_id != self.inp.partner_id or not actor.has(*PARTNER_ROLES):
@@ -469,6 +574,10 @@ class IncentiveApplication(ProcessWorkflow):
             submitted_by=self.inp.submitted_by,
         )
         await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+
+    def _invoice_check_due_at(self) -> datetime | None:
+        task = self.open_task_of(INC_INVOICE_CHECK)
+        return task.due_at if task else None
 
     def _label(self) -> LabelRef | None:
         app = self.inp.application
@@ -524,6 +633,9 @@ class IncentiveApplication(ProcessWorkflow):
             invoice_number=self.invoice_number,
             invoice_checks=self.invoice_checks,
             qualified_at=self.qualified_at,
+            invoice_submitted_at=self.invoice_submitted_at,
+            invoice_check_due_at=self._invoice_check_due_at(),
+            received_at=self.received_at,
             payout_due_at=self.payout_due_at,
             payout_breached=self.payout_breached,
             payout=self.payout,

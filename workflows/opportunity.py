@@ -10,10 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
+    from activities.opportunity_claims import ApprovalClaim, OpportunityClaimActivities
     from activities.read_model import AssessRequest, ReadModelActivities
     from domain.errors import refuse
     from domain.opportunity import (
@@ -25,22 +27,23 @@ with workflow.unsafe.imports_passed_through():
         UNDECIDED_STATUSES,
         CancelOpportunity,
         Decision,
+        DispatchData,
         DuplicateQuery,
         OpportunityCreate,
         OpportunityReviewInput,
         OpportunityStatus,
         OpportunityView,
         ResubmitOpportunity,
-        ReviewData,
         RouteRequest,
         UpdateProgress,
+        criteria_refusal,
         match_key,
     )
     from domain.principal import PARTNER_ROLES, Principal, Role
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
     from domain.values import utc_text
-    from workflows.human_task import Pending, ProcessWorkflow
+    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
 
 S = OpportunityStatus
 
@@ -61,9 +64,13 @@ class OpportunityReview(ProcessWorkflow):
         self.duplicate_of: str | None = None
         self.offering_unmatched = False
         self.decision: Decision | None = None
+        # Set at the start of `run` from `workflow.patched`: an execution begun before R-PO-10's
+        # criteria-on-every-outcome replays (and carries on) as it began.
+        self.criteria_on_every_outcome = False
 
     @workflow.run
     async def run(self, inp: OpportunityReviewInput) -> dict[str, Any]:
+        self.criteria_on_every_outcome = workflow.patched("po-criteria-on-every-outcome")
         assessment = await self.store_activity(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
@@ -136,6 +143,11 @@ class OpportunityReview(ProcessWorkflow):
             await self._complete(pending, cmd)
         elif isinstance(cmd, ReassignTask):
             await self.handle_reassign(pending, cmd)
+            task = self.tasks[cmd.task_id]
+            # R-PO-7 / R-PO-9: the PDM a review was reassigned to holds it from now on: a
+            # resubmission or a re-verification comes back to them, and the view names them.
+            if task.kind == PO_REVIEW.name and workflow.patched("po-reassigned-pdm-holds-review"):
+                self.pdm = cmd.assignee
         elif isinstance(cmd, CancelOpportunity):
             await self._cancel(pending, cmd)
         elif isinstance(cmd, ResubmitOpportunity):
@@ -150,6 +162,12 @@ class OpportunityReview(ProcessWorkflow):
         if task.kind == PO_DISPATCH.name:
             self.finish_task(task, cmd)
             self.pdm = str(cmd.data["pdm"])
+            details: dict[str, Any] = {"pdm": self.pdm}
+            if workflow.patched("po-dispatch-names-psm"):
+                # R-PO-3: the dispatcher names the PSM too, else the unified PSM contact.
+                assert isinstance(data, DispatchData)
+                self.psm = data.psm or self.inp.policy.unmatched_psm
+                details["psm"] = self.psm
             await self._open_review_or_dispatch(
                 [
                     AuditEntry(
@@ -157,7 +175,7 @@ class OpportunityReview(ProcessWorkflow):
                         action="dispatched",
                         task_id=task.id,
                         comment=cmd.comment,
-                        details={"pdm": self.pdm},
+                        details=details,
                     )
                 ]
             )
@@ -170,6 +188,18 @@ class OpportunityReview(ProcessWorkflow):
             approved = await self.store_activity(
                 ReadModelActivities.find_approved_duplicate, self._duplicate_query()
             )
+            if approved is None and workflow.patched("po-approve-claims-match-key"):
+                # R-PO-4: of a set of duplicates at most one is ever approved, even when two
+                # PDMs approve at the same moment: the approval first takes the normalised key.
+                approved = await workflow.execute_activity_method(
+                    OpportunityClaimActivities.claim_approval,
+                    ApprovalClaim(po_id=self.process_id, match_key=self._key()),
+                    start_to_close_timeout=STORE_TIMEOUT,
+                    retry_policy=STORE_RETRY,
+                )
+                claimed = approved is None
+            else:
+                claimed = False
             if approved is not None:
                 self.duplicate_of = approved
                 refuse(
@@ -177,7 +207,17 @@ class OpportunityReview(ProcessWorkflow):
                     f"{approved} for the same customer and project is already approved",
                     duplicate_of=approved,
                 )
-            self.check_complete(cmd)  # the task may have moved while we looked
+            try:
+                self.check_complete(cmd)  # the task may have moved while we looked
+            except ApplicationError:
+                if claimed:  # not approved after all: the key is free again
+                    await workflow.execute_activity_method(
+                        OpportunityClaimActivities.release_approval,
+                        ApprovalClaim(po_id=self.process_id, match_key=self._key()),
+                        start_to_close_timeout=STORE_TIMEOUT,
+                        retry_policy=STORE_RETRY,
+                    )
+                raise
         self.finish_task(task, cmd)
         self.decision = Decision(
             outcome=cmd.outcome,
@@ -196,7 +236,7 @@ class OpportunityReview(ProcessWorkflow):
                     action=f"review_{cmd.outcome}",
                     task_id=task.id,
                     comment=cmd.comment,
-                    details={"criteria": criteria.model_dump() if criteria else None},
+                    details={"criteria": criteria},
                 )
             ],
             notifications=[self._partner_notice(f"your opportunity was {self.status.value}")],
@@ -265,9 +305,25 @@ class OpportunityReview(ProcessWorkflow):
     # --- checks, shared by validators (before history) and the main loop -------------------
 
     def check_decision(self, task: HumanTask, cmd: CompleteTask, data: BaseModel | None) -> None:
-        if cmd.outcome == "approve" and isinstance(data, ReviewData):
-            if not data.criteria.all_passed:
-                failed = [k for k, v in data.criteria.model_dump().items() if not v]
+        """R-PO-10: every outcome of a review (approve, reject, return) records a pass/fail for
+        each criterion in the policy's `po_review_criteria`, and nothing else (PF.INVALID_DATA);
+        an approval needs them all to pass (PF.CRITERIA_NOT_MET). Executions begun before the
+        rule require criteria on approvals only."""
+        if task.kind != PO_REVIEW.name:
+            return
+        criteria = getattr(data, "criteria", None)
+        if cmd.outcome == "approve" or self.criteria_on_every_outcome:
+            wrong = criteria_refusal(criteria, self.inp.policy.po_review_criteria)
+            if wrong is not None:
+                refuse(
+                    "PF.INVALID_DATA",
+                    f"outcome {cmd.outcome!r} records a pass or fail for each review criterion: "
+                    f"{', '.join(self.inp.policy.po_review_criteria)} (R-PO-10)",
+                    **wrong,
+                )
+        if cmd.outcome == "approve" and criteria is not None:
+            failed = [k for k, v in criteria.items() if not v]
+            if failed:
                 refuse(
                     "PF.CRITERIA_NOT_MET",
                     "approval needs every review criterion to pass (R-PO-10)",
@@ -362,11 +418,14 @@ class OpportunityReview(ProcessWorkflow):
         self.offering_unmatched = assessment.offering_unmatched
         return assessment.duplicate_of
 
+    def _key(self) -> str:
+        return match_key(self.po.customer_name, self.po.project_name)
+
     def _duplicate_query(self) -> DuplicateQuery:
         return DuplicateQuery(
             po_id=self.process_id,
             partner_id=self.inp.partner_id,
-            match_key=match_key(self.po.customer_name, self.po.project_name),
+            match_key=self._key(),
         )
 
     def _fields(self) -> dict[str, Any]:

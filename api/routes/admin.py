@@ -6,21 +6,18 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import Body
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import CurrentUser, require_roles
 from api.deps import SessionsDep
-from api.errors import ErrorEnvelope
+from api.frame import command_router
 from domain.principal import Principal, Role
 from store.models import Account, AuditEvent, Offering, Partner, RoutingRule, utcnow
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 422, 429)
-}
+router = command_router(prefix="/v1/admin", tags=["admin"])
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 Code = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -136,7 +133,7 @@ async def _audit(
     )
 
 
-@router.put("/partners/{partner_id}", response_model=PartnerOut, responses=ERRORS)
+@router.put("/partners/{partner_id}", response_model=PartnerOut)
 async def put_partner(
     partner_id: Id, body: PartnerIn, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -159,7 +156,7 @@ async def put_partner(
     return PartnerOut(id=partner_id, **body.model_dump())
 
 
-@router.put("/accounts/{account_id}", response_model=AccountOut, responses=ERRORS)
+@router.put("/accounts/{account_id}", response_model=AccountOut)
 async def put_account(
     account_id: Id, body: AccountIn, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -180,7 +177,7 @@ async def put_account(
     return AccountOut(id=account_id, **body.model_dump())
 
 
-@router.put("/routing-rules", response_model=list[RoutingRuleIn], responses=ERRORS)
+@router.put("/routing-rules", response_model=list[RoutingRuleIn])
 async def replace_routing_rules(
     principal: CurrentUser,
     sessions: SessionsDep,
@@ -202,7 +199,7 @@ async def replace_routing_rules(
     return rules
 
 
-@router.get("/routing-rules", response_model=list[RoutingRuleIn], responses=ERRORS)
+@router.get("/routing-rules", response_model=list[RoutingRuleIn])
 async def get_routing_rules(principal: CurrentUser, sessions: SessionsDep) -> Any:
     require_roles(principal, Role.ops_admin, Role.dispatcher)
     async with sessions() as session:
@@ -210,7 +207,7 @@ async def get_routing_rules(principal: CurrentUser, sessions: SessionsDep) -> An
     return [RoutingRuleIn.model_validate(r.model_dump(exclude={"id", "position"})) for r in rows]
 
 
-@router.put("/offerings", response_model=list[OfferingIn], responses=ERRORS)
+@router.put("/offerings", response_model=list[OfferingIn])
 async def replace_offerings(
     principal: CurrentUser,
     sessions: SessionsDep,

@@ -13,15 +13,15 @@ the closed process's state is untouched. Either way the comment shows in GET …
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import access
 from api.auth import CurrentUser
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import load_process, send_update, update_id
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import load_process
 from api.routes.lists import RESOURCES, Resource
 from domain.principal import Principal
 from domain.tasks import AddComment
@@ -29,12 +29,9 @@ from store.comments import add_comment_to_closed_process, list_comments
 from store.db import as_utc
 from store.lists import BadCursor
 from store.models import ProcessRow
+from workflows.human_task import ProcessWorkflow
 
-router = APIRouter()
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
-}
+router = command_router(prefix="", tags=[])
 
 
 class CommentCreate(BaseModel):
@@ -71,56 +68,34 @@ def comment_routes(resource: Resource) -> None:
     name = resource.process
 
     async def add_comment(
-        item_id: str,
-        body: CommentCreate,
-        request: Request,
-        principal: CurrentUser,
-        sessions: SessionsDep,
-        settings: SettingsDep,
-        temporal: TemporalDep,
-        idempotency_key: IdempotencyKey = None,
+        item_id: str, body: CommentCreate, principal: CurrentUser, processes: Processes
     ) -> Any:
         if not body.body.strip():
             raise ApiError("PF.VALIDATION_FAILED", "a comment needs some text")
-        await visible_process(sessions, resource, item_id, principal)
-
-        async def act() -> dict[str, Any]:
-            try:
-                entry = await send_update(
-                    temporal,
-                    settings,
-                    workflow_id=item_id,
-                    update="add_comment",
-                    arg=AddComment(actor=principal, body=body.body),
-                    update_id=update_id("comment", f"{item_id}:{principal.sub}", idempotency_key),
-                    what=f"commenting on {item_id}",
-                )
-                comment = CommentPublic(at=entry["at"], actor=principal.sub, body=body.body)
-            except ApiError as exc:
-                # closed, or closed and already removed by the namespace's retention
-                if exc.code not in ("PF.PROCESS_CLOSED", "PF.NOT_FOUND"):
-                    raise
-                row = await add_comment_to_closed_process(
-                    sessions,
-                    process_id=item_id,
-                    actor=principal.sub,
-                    body=body.body,
-                    at=datetime.now(UTC),
-                )
-                at = as_utc(row.at)
-                assert at is not None
-                comment = CommentPublic(at=at, actor=row.actor, body=body.body)
-            return comment.model_dump(mode="json")
-
-        return await idempotent(
-            sessions=sessions,
-            request=request,
-            principal=principal,
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            status_code=201,
-            action=act,
+        await visible_process(processes.sessions, resource, item_id, principal)
+        try:
+            entry = await processes.update_json(
+                item_id,
+                ProcessWorkflow.add_comment,
+                AddComment(actor=principal, body=body.body),
+                target=item_id,
+                what=f"commenting on {item_id}",
+            )
+            return CommentPublic(at=entry["at"], actor=principal.sub, body=body.body)
+        except ApiError as exc:
+            # closed, or closed and already removed by the namespace's retention
+            if exc.code not in ("PF.PROCESS_CLOSED", "PF.NOT_FOUND"):
+                raise
+        row = await add_comment_to_closed_process(
+            processes.sessions,
+            process_id=item_id,
+            actor=principal.sub,
+            body=body.body,
+            at=datetime.now(UTC),
         )
+        at = as_utc(row.at)
+        assert at is not None
+        return CommentPublic(at=at, actor=row.actor, body=body.body)
 
     async def get_comments(
         item_id: str,
@@ -158,7 +133,6 @@ def comment_routes(resource: Resource) -> None:
         status_code=201,
         tags=[resource.tag],
         response_model=CommentPublic,
-        responses=ERRORS,
     )
     router.add_api_route(
         path,
@@ -167,7 +141,6 @@ def comment_routes(resource: Resource) -> None:
         name=f"list_{name}_comments",
         tags=[resource.tag],
         response_model=CommentPage,
-        responses=ERRORS,
     )
 
 

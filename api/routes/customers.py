@@ -13,16 +13,14 @@ import hmac
 import secrets
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio.client import Client
 
 from api import access
 from api.auth import CurrentUser, require_partner_admin
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, send_update, start_process, update_id
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import ProcessGateway
 from api.routes.invitations import (
     Sessions,
     holder_is_live,
@@ -32,7 +30,6 @@ from api.routes.invitations import (
     registered_partner,
 )
 from api.routes.opportunities import History, read_history
-from config import Settings
 from domain.invitations import (
     AnswerDissociation,
     CustomerInvitationCreate,
@@ -53,11 +50,7 @@ from store.models import ProcessRow
 from workflows.customer_invitation import CustomerInvitation
 from workflows.dissociation import Dissociation
 
-router = APIRouter(tags=["customers"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="", tags=["customers"])
 
 
 class RegistrationBody(BaseModel):
@@ -82,64 +75,38 @@ async def load_customer_invitation(
     return access.check_may_see(principal, row, "customer invitation")
 
 
-@router.post(
-    "/v1/customer-invitations",
-    status_code=201,
-    response_model=CustomerInvitationView,
-    responses=ERRORS,
-)
+@router.post("/v1/customer-invitations", status_code=201, response_model=CustomerInvitationView)
 async def invite_customer(
-    body: CustomerInvitationCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    body: CustomerInvitationCreate, principal: CurrentUser, processes: Processes
+) -> CustomerInvitationView:
     """R-INV-6: send a customer a registration link, valid `customer_link_ttl` (P30D)."""
     partner_id = require_partner_admin(principal)
-    await registered_partner(sessions, partner_id)
-    cinv_id = process_id("cinv", partner_id, idempotency_key)
-
-    async def start() -> dict[str, Any]:
-        # Drawn here, not in the workflow: workflow randomness is replayable, a link's secret
-        # must not be. A retried start joins the workflow and answers with its first token.
-        token = secrets.token_urlsafe(24)
-        return await start_process(
-            temporal,
-            settings,
-            workflow=CustomerInvitation.run,
-            arg=CustomerInvitationInput(
-                invitation_id=cinv_id,
-                partner_id=partner_id,
-                invited_by=principal.sub,
-                email=body.email,
-                customer_name=body.customer_name,
-                message=body.message,
-                token=token,
-                policy=settings.policy,
-            ),
-            workflow_id=cinv_id,
-            process="customer_invitation",
+    await registered_partner(processes.sessions, partner_id)
+    cinv_id = await processes.new_id("cinv")
+    # Drawn here, not in the workflow: workflow randomness is replayable, a link's secret
+    # must not be. A retried start joins the workflow and answers with its first token.
+    token = secrets.token_urlsafe(24)
+    return await processes.start(
+        CustomerInvitation.run,
+        CustomerInvitationInput(
+            invitation_id=cinv_id,
             partner_id=partner_id,
-            summary=f"customer registration link of {partner_id} for {body.email}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+            invited_by=principal.sub,
+            email=body.email,
+            customer_name=body.customer_name,
+            message=body.message,
+            token=token,
+            policy=processes.settings.policy,
+        ),
+        workflow_id=cinv_id,
+        process="customer_invitation",
+        partner_id=partner_id,
+        summary=f"customer registration link of {partner_id} for {body.email}",
+        view=CustomerInvitationView,
     )
 
 
-@router.get(
-    "/v1/customer-invitations/{cinv_id}", response_model=CustomerInvitationView, responses=ERRORS
-)
+@router.get("/v1/customer-invitations/{cinv_id}", response_model=CustomerInvitationView)
 async def get_customer_invitation(
     cinv_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -147,57 +114,34 @@ async def get_customer_invitation(
     return row.view
 
 
-@router.post(
-    "/v1/customer-invitations/{cinv_id}/register",
-    response_model=CustomerInvitationView,
-    responses=ERRORS,
-)
+@router.post("/v1/customer-invitations/{cinv_id}/register", response_model=CustomerInvitationView)
 async def register_customer(
-    cinv_id: str,
-    body: RegistrationBody,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    cinv_id: str, body: RegistrationBody, principal: CurrentUser, processes: Processes
+) -> CustomerInvitationView:
     """R-INV-6: the customer, signed in with their own account, registers through the link
     within its validity; the account is associated with the partner."""
     if not principal.has(Role.account):
         raise ApiError("PF.FORBIDDEN", "a customer registers with a personal account (account)")
-
-    async def act() -> dict[str, Any]:
-        row = await process_row(sessions, "customer_invitation", cinv_id, "customer invitation")
-        view = CustomerInvitationView.model_validate(row.view)
-        # The token first: without it, a caller learns nothing about the link.
-        if not hmac.compare_digest(body.token.encode(), view.token.encode()):
-            raise ApiError("PF.LINK_TOKEN_INVALID", "this is not the token of this link")
-        refusal = link_not_open(cinv_id, view.status, view.expires_at, now())
-        if refusal is not None:
-            raise refused(refusal)
-        return await send_update(
-            temporal,
-            settings,
-            workflow_id=cinv_id,
-            update="register",
-            arg=RegisterCustomer(actor=principal, token=body.token),
-            update_id=update_id("register", cinv_id, idempotency_key),
-            what=f"registering through {cinv_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+    row = await process_row(
+        processes.sessions, "customer_invitation", cinv_id, "customer invitation"
+    )
+    view = CustomerInvitationView.model_validate(row.view)
+    # The token first: without it, a caller learns nothing about the link.
+    if not hmac.compare_digest(body.token.encode(), view.token.encode()):
+        raise ApiError("PF.LINK_TOKEN_INVALID", "this is not the token of this link")
+    refusal = link_not_open(cinv_id, view.status, view.expires_at, now())
+    if refusal is not None:
+        raise refused(refusal)
+    return await processes.update(
+        cinv_id,
+        CustomerInvitation.register,
+        RegisterCustomer(actor=principal, token=body.token),
+        view=CustomerInvitationView,
+        what=f"registering through {cinv_id}",
     )
 
 
-@router.get("/v1/customer-invitations/{cinv_id}/history", response_model=History, responses=ERRORS)
+@router.get("/v1/customer-invitations/{cinv_id}/history", response_model=History)
 async def customer_invitation_history(
     cinv_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -214,182 +158,113 @@ async def load_dissociation(sessions: Sessions, dis_id: str, principal: Principa
     return access.check_may_see(principal, row, "dissociation request")
 
 
-@router.post(
-    "/v1/dissociations", status_code=201, response_model=DissociationView, responses=ERRORS
-)
+@router.post("/v1/dissociations", status_code=201, response_model=DissociationView)
 async def request_dissociation(
-    body: DissociationCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    """R-INV-6: the partner asks, with a reason, to end an account's association with it."""
+    body: DissociationCreate, principal: CurrentUser, processes: Processes
+) -> DissociationView:
+    """R-INV-6: the partner asks, with a reason, to end an account's association with it. One
+    pending request per account (409 PF.DISSOCIATION_PENDING)."""
     partner_id = require_partner_admin(principal)
+    sessions, temporal = processes.sessions, processes.temporal
     await registered_partner(sessions, partner_id)
-    dis_id = process_id("dis", partner_id, idempotency_key)
-
-    async def start() -> dict[str, Any]:
-        async with sessions() as session:
-            facts = await account_facts(session, body.account_id)
-        if facts is None:
-            raise ApiError(
-                "PF.ACCOUNT_NOT_FOUND",
-                f"there is no account {body.account_id}",
-                {"account_id": body.account_id},
-            )
-        if facts.associated_partner_id != partner_id:
-            raise ApiError(
-                "PF.ACCOUNT_NOT_ASSOCIATED",
-                f"account {body.account_id} is not associated with partner {partner_id}",
-                {"account_id": body.account_id},
-            )
-        holder = await claim(
-            sessions,
-            scope="dis-pending",
-            key=f"{partner_id}|{body.account_id}",
-            owner_id=dis_id,
-            holder_is_live=holder_is_live(sessions, temporal, {DissociationStatus.requested.value}),
+    dis_id = await processes.new_id("dis")
+    async with sessions() as session:
+        facts = await account_facts(session, body.account_id)
+    if facts is None:
+        raise ApiError(
+            "PF.ACCOUNT_NOT_FOUND",
+            f"there is no account {body.account_id}",
+            {"account_id": body.account_id},
         )
-        if holder is not None:
-            raise ApiError(
-                "PF.DISSOCIATION_PENDING",
-                f"a dissociation of {body.account_id} is already waiting for its answer",
-                {"existing_id": holder},
-            )
-        return await start_process(
-            temporal,
-            settings,
-            workflow=Dissociation.run,
-            arg=DissociationInput(
-                dissociation_id=dis_id,
-                partner_id=partner_id,
-                requested_by=principal.sub,
-                account_id=body.account_id,
-                account_email=facts.email,
-                reason=body.reason,
-            ),
-            workflow_id=dis_id,
-            process="dissociation",
+    if facts.associated_partner_id != partner_id:
+        raise ApiError(
+            "PF.ACCOUNT_NOT_ASSOCIATED",
+            f"account {body.account_id} is not associated with partner {partner_id}",
+            {"account_id": body.account_id},
+        )
+    holder = await claim(
+        sessions,
+        scope="dis-pending",
+        key=f"{partner_id}|{body.account_id}",
+        owner_id=dis_id,
+        holder_is_live=holder_is_live(sessions, temporal, {DissociationStatus.requested.value}),
+    )
+    if holder is not None:
+        raise ApiError(
+            "PF.DISSOCIATION_PENDING",
+            f"a dissociation of {body.account_id} is already waiting for its answer",
+            {"existing_id": holder},
+        )
+    return await processes.start(
+        Dissociation.run,
+        DissociationInput(
+            dissociation_id=dis_id,
             partner_id=partner_id,
-            summary=f"dissociation of account {body.account_id} from {partner_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+            requested_by=principal.sub,
+            account_id=body.account_id,
+            account_email=facts.email,
+            reason=body.reason,
+            policy=processes.settings.policy,  # R-INV-6: dissociation_answer_ttl
+        ),
+        workflow_id=dis_id,
+        process="dissociation",
+        partner_id=partner_id,
+        summary=f"dissociation of account {body.account_id} from {partner_id}",
+        view=DissociationView,
     )
 
 
-@router.get("/v1/dissociations/{dis_id}", response_model=DissociationView, responses=ERRORS)
+@router.get("/v1/dissociations/{dis_id}", response_model=DissociationView)
 async def get_dissociation(dis_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_dissociation(sessions, dis_id, principal)
     return row.view
 
 
 async def _answer(
+    processes: ProcessGateway,
     *,
     dis_id: str,
     decision: Literal["accept", "decline"],
-    body: AnswerBody | None,
-    request: Request,
+    body: AnswerBody,
     principal: Principal,
-    sessions: Sessions,
-    settings: Settings,
-    temporal: Client,
-    idempotency_key: str | None,
-) -> Any:
-    answer = body or AnswerBody()
-
-    async def act() -> dict[str, Any]:
-        row = await process_row(sessions, "dissociation", dis_id, "dissociation request")
-        view = DissociationView.model_validate(row.view)
-        if not principal.has(Role.account) or principal.sub != view.account_id:
-            raise ApiError("PF.NOT_CUSTOMER", "only the customer's own account may answer")
-        refusal = dissociation_answered(dis_id, view.status)
-        if refusal is not None:
-            raise refused(refusal)
-        return await send_update(
-            temporal,
-            settings,
-            workflow_id=dis_id,
-            update="answer",
-            arg=AnswerDissociation(actor=principal, decision=decision, comment=answer.comment),
-            update_id=update_id("answer", dis_id, idempotency_key),
-            what=f"answering dissociation {dis_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=answer.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+) -> DissociationView:
+    row = await process_row(processes.sessions, "dissociation", dis_id, "dissociation request")
+    view = DissociationView.model_validate(row.view)
+    if not principal.has(Role.account) or principal.sub != view.account_id:
+        raise ApiError("PF.NOT_CUSTOMER", "only the customer's own account may answer")
+    refusal = dissociation_answered(dis_id, view.status)
+    if refusal is not None:
+        raise refused(refusal)
+    return await processes.update(
+        dis_id,
+        Dissociation.answer,
+        AnswerDissociation(actor=principal, decision=decision, comment=body.comment),
+        view=DissociationView,
+        what=f"answering dissociation {dis_id}",
     )
 
 
-@router.post("/v1/dissociations/{dis_id}/accept", response_model=DissociationView, responses=ERRORS)
+@router.post("/v1/dissociations/{dis_id}/accept", response_model=DissociationView)
 async def accept_dissociation(
-    dis_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-    body: AnswerBody | None = None,
-) -> Any:
-    """R-INV-6: the customer agrees; the association ends."""
+    dis_id: str, body: AnswerBody, principal: CurrentUser, processes: Processes
+) -> DissociationView:
+    """R-INV-6: the customer agrees; the association ends. The body is optional."""
     return await _answer(
-        dis_id=dis_id,
-        decision="accept",
-        body=body,
-        request=request,
-        principal=principal,
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        idempotency_key=idempotency_key,
+        processes, dis_id=dis_id, decision="accept", body=body, principal=principal
     )
 
 
-@router.post(
-    "/v1/dissociations/{dis_id}/decline", response_model=DissociationView, responses=ERRORS
-)
+@router.post("/v1/dissociations/{dis_id}/decline", response_model=DissociationView)
 async def decline_dissociation(
-    dis_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-    body: AnswerBody | None = None,
-) -> Any:
-    """R-INV-6: the customer refuses; the association stays."""
+    dis_id: str, body: AnswerBody, principal: CurrentUser, processes: Processes
+) -> DissociationView:
+    """R-INV-6: the customer refuses; the association stays. The body is optional."""
     return await _answer(
-        dis_id=dis_id,
-        decision="decline",
-        body=body,
-        request=request,
-        principal=principal,
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        idempotency_key=idempotency_key,
+        processes, dis_id=dis_id, decision="decline", body=body, principal=principal
     )
 
 
-@router.get("/v1/dissociations/{dis_id}/history", response_model=History, responses=ERRORS)
+@router.get("/v1/dissociations/{dis_id}/history", response_model=History)
 async def dissociation_history(dis_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     await load_dissociation(sessions, dis_id, principal)
     async with sessions() as session:

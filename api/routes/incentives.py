@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.auth import CurrentUser, require_partner_user
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import (
-    load_partner_item,
-    partner_update,
-    process_id,
-    start_process,
-    workflow_is_running,
-)
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import load_partner_item, workflow_is_running
 from api.routes.opportunities import History, read_history
 from config import Settings
 from domain.incentives import (
@@ -69,11 +62,7 @@ from store.incentives import (
 from store.models import Partner, ProcessRow
 from workflows.incentive import IncentiveApplication
 
-router = APIRouter(prefix="/v1/incentives", tags=["incentives"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="/v1/incentives", tags=["incentives"])
 
 
 def submission_time() -> datetime:
@@ -93,88 +82,67 @@ async def load_incentive(
     )
 
 
-@router.post("", status_code=201, response_model=IncentiveView, responses=ERRORS)
+@router.post("", status_code=201, response_model=IncentiveView)
 async def apply_for_incentive(
-    body: IncentiveCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    at: SubmissionTime,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    body: IncentiveCreate, principal: CurrentUser, processes: Processes, at: SubmissionTime
+) -> IncentiveView:
     """R-INC-1 … R-INC-4: apply from a delivered opportunity (the solution provider's main
     account), a capability label certified this year, or Funding Head; the amount within the
     program's cap; at most `incentive_apps_per_month` a month. Each refusal has its own code."""
     partner_id = require_partner_user(principal)
-    inc_id = process_id("inc", partner_id, idempotency_key)
-
-    async def start() -> dict[str, Any]:
-        async with sessions() as session:
-            partner = await session.get(Partner, partner_id)
-            if partner is None:
-                raise ApiError(
-                    "PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered"
-                )
-            facts = await source_facts(session, partner=partner, app=body, at=at)
-        decision = cap_of(body, facts, settings.policy)
-        refusal = eligibility_refusal(
-            body,
-            facts,
-            partner_id=partner_id,
-            main_account=principal.has(Role.partner_admin),
-            at=at,
-        ) or cap_refusal(body.amount, decision)
-        if refusal is not None:
-            raise ApiError(refusal.code, refusal.message, refusal.details)
-        assert decision.cap is not None
-        month = month_of(at)
-        await _take_claims(
-            sessions=sessions,
-            temporal=temporal,
-            settings=settings,
-            app=body,
-            partner_id=partner_id,
-            inc_id=inc_id,
-            month=month,
-        )
-        try:
-            return await start_process(
-                temporal,
-                settings,
-                workflow=IncentiveApplication.run,
-                arg=IncentiveInput(
-                    incentive_id=inc_id,
-                    partner_id=partner_id,
-                    submitted_by=principal.sub,
-                    application=body,
-                    cap=decision.cap,
-                    program=decision.program,
-                    applied_month=month,
-                    source_details=_source_details(facts),
-                    policy=settings.policy,
-                ),
-                workflow_id=inc_id,
-                process="incentive",
-                partner_id=partner_id,
-                summary=f"Incentive ({body.source.value} {body.source_ref}) from {partner_id}, "
-                f"{body.amount} CNY",
-            )
-        except Exception:
-            if not await _may_have_started(temporal, inc_id):
-                await release_claims(sessions, owners=_claim_owners(partner_id, inc_id))
-            raise
-
-    return await idempotent(
+    sessions, temporal, settings = processes.sessions, processes.temporal, processes.settings
+    inc_id = await processes.new_id("inc")
+    async with sessions() as session:
+        partner = await session.get(Partner, partner_id)
+        if partner is None:
+            raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
+        facts = await source_facts(session, partner=partner, app=body, at=at)
+    decision = cap_of(body, facts, settings.policy)
+    refusal = eligibility_refusal(
+        body,
+        facts,
+        partner_id=partner_id,
+        main_account=principal.has(Role.partner_admin),
+        at=at,
+    ) or cap_refusal(body.amount, decision)
+    if refusal is not None:
+        raise ApiError(refusal.code, refusal.message, refusal.details)
+    assert decision.cap is not None
+    month = month_of(at)
+    await _take_claims(
         sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+        temporal=temporal,
+        settings=settings,
+        app=body,
+        partner_id=partner_id,
+        inc_id=inc_id,
+        month=month,
     )
+    try:
+        return await processes.start(
+            IncentiveApplication.run,
+            IncentiveInput(
+                incentive_id=inc_id,
+                partner_id=partner_id,
+                submitted_by=principal.sub,
+                application=body,
+                cap=decision.cap,
+                program=decision.program,
+                applied_month=month,
+                source_details=_source_details(facts),
+                policy=settings.policy,
+            ),
+            workflow_id=inc_id,
+            process="incentive",
+            partner_id=partner_id,
+            summary=f"Incentive ({body.source.value} {body.source_ref}) from {partner_id}, "
+            f"{body.amount} CNY",
+            view=IncentiveView,
+        )
+    except Exception:
+        if not await _may_have_started(temporal, inc_id):
+            await release_claims(sessions, owners=_claim_owners(partner_id, inc_id))
+        raise
 
 
 async def _take_claims(
@@ -287,128 +255,66 @@ def _source_details(facts: SourceFacts) -> dict[str, Any]:
     return {}
 
 
-@router.get("/{inc_id}", response_model=IncentiveView, responses=ERRORS)
+@router.get("/{inc_id}", response_model=IncentiveView)
 async def get_incentive(inc_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_incentive(sessions, inc_id, principal)
     return row.view
 
 
-# A partner user's Update on its own incentive.
-_partner_update = partial(
-    partner_update,
-    process="incentive",
-    noun="incentive",
-    closed=frozenset(s.value for s in FINAL_STATUSES),
-)
+CLOSED = frozenset(s.value for s in FINAL_STATUSES)
 
 
-@router.post("/{inc_id}/resubmit", response_model=IncentiveView, responses=ERRORS)
+@router.post("/{inc_id}/resubmit", response_model=IncentiveView)
 async def resubmit_incentive(
-    inc_id: str,
-    body: IncentiveResubmission,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    inc_id: str, body: IncentiveResubmission, principal: CurrentUser, processes: Processes
+) -> IncentiveView:
     """R-INC-5: after a return, the (possibly changed) amount goes back to the same reviewer."""
-
-    async def act() -> dict[str, Any]:
-        return await _partner_update(
-            item_id=inc_id,
-            principal=principal,
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            update="resubmit",
-            arg=ResubmitIncentive(actor=principal, amount=body.amount, comment=body.comment),
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
+    return await processes.partner_update(
+        process="incentive",
+        noun="incentive",
+        item_id=inc_id,
         principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+        update=IncentiveApplication.resubmit,
+        arg=ResubmitIncentive(actor=principal, amount=body.amount, comment=body.comment),
+        view=IncentiveView,
+        closed=CLOSED,
     )
 
 
-@router.post("/{inc_id}/payment-request", response_model=IncentiveView, responses=ERRORS)
+@router.post("/{inc_id}/payment-request", response_model=IncentiveView)
 async def request_payment(
-    inc_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    inc_id: str, principal: CurrentUser, processes: Processes
+) -> IncentiveView:
     """R-INC-6 / R-INC-7: apply for payment of an approved incentive; refused (409,
     PF.BUSINESS_INFO_NOT_CERTIFIED) until the partner's business information certification is
     complete. The answer carries the invoice list to invoice against."""
-
-    async def act() -> dict[str, Any]:
-        return await _partner_update(
-            item_id=inc_id,
-            principal=principal,
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            update="request_payment",
-            arg=RequestPayment(actor=principal),
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
+    return await processes.partner_update(
+        process="incentive",
+        noun="incentive",
+        item_id=inc_id,
         principal=principal,
-        key=idempotency_key,
-        body={},
-        status_code=200,
-        action=act,
+        update=IncentiveApplication.request_payment,
+        arg=RequestPayment(actor=principal),
+        view=IncentiveView,
+        closed=CLOSED,
     )
 
 
-@router.post("/{inc_id}/invoice", response_model=IncentiveView, responses=ERRORS)
+@router.post("/{inc_id}/invoice", response_model=IncentiveView)
 async def submit_invoice(
-    inc_id: str,
-    body: InvoiceSubmission,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    inc_id: str, body: InvoiceSubmission, principal: CurrentUser, processes: Processes
+) -> IncentiveView:
     """R-INC-7 / R-INC-8: the number of the invoice issued against the list (again after finance
     found an invoice unqualified); finance's check task opens."""
-
-    async def act() -> dict[str, Any]:
-        return await _partner_update(
-            item_id=inc_id,
-            principal=principal,
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            update="submit_invoice",
-            arg=SubmitInvoice(actor=principal, invoice_number=body.invoice_number),
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
+    return await processes.partner_update(
+        process="incentive",
+        noun="incentive",
+        item_id=inc_id,
         principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+        update=IncentiveApplication.submit_invoice,
+        arg=SubmitInvoice(actor=principal, invoice_number=body.invoice_number),
+        view=IncentiveView,
+        closed=CLOSED,
     )
 
 
@@ -426,7 +332,7 @@ async def _invoice_list(
     return InvoiceList.model_validate(issued)
 
 
-@router.get("/{inc_id}/invoice-list", response_model=InvoiceList, responses=ERRORS)
+@router.get("/{inc_id}/invoice-list", response_model=InvoiceList)
 async def get_invoice_list(inc_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     """R-INC-7: the invoice list's lines and total (amounts are decimal strings)."""
     return await _invoice_list(sessions, inc_id, principal)
@@ -435,7 +341,7 @@ async def get_invoice_list(inc_id: str, principal: CurrentUser, sessions: Sessio
 @router.get(
     "/{inc_id}/invoice-list.html",
     response_class=HTMLResponse,
-    responses={**ERRORS, 200: {"content": {"text/html": {}}}},
+    responses={200: {"content": {"text/html": {}}}},
 )
 async def print_invoice_list(
     inc_id: str, principal: CurrentUser, sessions: SessionsDep
@@ -444,7 +350,7 @@ async def print_invoice_list(
     return HTMLResponse(render_invoice_list(await _invoice_list(sessions, inc_id, principal)))
 
 
-@router.get("/{inc_id}/history", response_model=History, responses=ERRORS)
+@router.get("/{inc_id}/history", response_model=History)
 async def incentive_history(inc_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     """R-X-3: every action on the incentive, oldest first."""
     await load_incentive(sessions, inc_id, principal)

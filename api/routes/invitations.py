@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,17 +18,10 @@ from temporalio.client import Client
 
 from api import access
 from api.auth import CurrentUser, require_partner_admin
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import (
-    load_process,
-    process_id,
-    send_update,
-    start_process,
-    update_id,
-    workflow_is_running,
-)
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import load_process, workflow_is_running
 from api.routes.opportunities import History, read_history
 from domain.invitations import (
     AcceptInvitation,
@@ -48,12 +40,8 @@ from store.claims import claim
 from store.models import Partner, ProcessRow
 from workflows.invitation import AssociationInvitation
 
-router = APIRouter(prefix="/v1/invitations", tags=["invitations"])
+router = command_router(prefix="/v1/invitations", tags=["invitations"])
 Sessions = async_sessionmaker[AsyncSession]
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
 
 
 class RevokeBody(BaseModel):
@@ -108,173 +96,113 @@ async def load_invitation(sessions: Sessions, inv_id: str, principal: Principal)
     return access.check_may_see(principal, row, "invitation")
 
 
-@router.post("", status_code=201, response_model=InvitationView, responses=ERRORS)
+@router.post("", status_code=201, response_model=InvitationView)
 async def invite_account(
-    body: InvitationCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    body: InvitationCreate, principal: CurrentUser, processes: Processes
+) -> InvitationView:
     """R-INV-1: a partner admin invites a personal account; R-INV-2 eligibility is checked
-    before anything starts. The account has `invite_ttl` (P7D) to accept (R-INV-3)."""
+    before anything starts. The account has `invite_ttl` (P7D) to accept (R-INV-3). One pending
+    invitation per partner and account (409 PF.INVITATION_PENDING)."""
     partner_id = require_partner_admin(principal)
+    sessions, temporal = processes.sessions, processes.temporal
     await registered_partner(sessions, partner_id)
-    inv_id = process_id("inv", partner_id, idempotency_key)
-
-    async def start() -> dict[str, Any]:
-        async with sessions() as session:
-            facts = await account_facts(session, body.account_id)
-        refusal = association_refusal(
-            facts,
+    inv_id = await processes.new_id("inv")
+    async with sessions() as session:
+        facts = await account_facts(session, body.account_id)
+    refusal = association_refusal(
+        facts,
+        account_id=body.account_id,
+        partner_id=partner_id,
+        rules="invitation",
+        same_partner_is_refused=True,
+    )
+    if refusal is not None:
+        raise refused(refusal)
+    assert facts is not None
+    # One pending invitation per partner and account; after expiry or revocation the
+    # partner may invite again (a new invitation, R-INV-3 / R-INV-4).
+    holder = await claim(
+        sessions,
+        scope="inv-pending",
+        key=f"{partner_id}|{body.account_id}",
+        owner_id=inv_id,
+        holder_is_live=holder_is_live(sessions, temporal, {InvitationStatus.pending.value}),
+    )
+    if holder is not None:
+        raise ApiError(
+            "PF.INVITATION_PENDING",
+            f"partner {partner_id} already has a pending invitation to {body.account_id}",
+            {"existing_id": holder},
+        )
+    return await processes.start(
+        AssociationInvitation.run,
+        AssociationInvitationInput(
+            invitation_id=inv_id,
+            partner_id=partner_id,
+            invited_by=principal.sub,
             account_id=body.account_id,
-            partner_id=partner_id,
-            rules="invitation",
-            same_partner_is_refused=True,
-        )
-        if refusal is not None:
-            raise refused(refusal)
-        assert facts is not None
-        # One pending invitation per partner and account; after expiry or revocation the
-        # partner may invite again (a new invitation, R-INV-3 / R-INV-4).
-        holder = await claim(
-            sessions,
-            scope="inv-pending",
-            key=f"{partner_id}|{body.account_id}",
-            owner_id=inv_id,
-            holder_is_live=holder_is_live(sessions, temporal, {InvitationStatus.pending.value}),
-        )
-        if holder is not None:
-            raise ApiError(
-                "PF.INVITATION_PENDING",
-                f"partner {partner_id} already has a pending invitation to {body.account_id}",
-                {"existing_id": holder},
-            )
-        return await start_process(
-            temporal,
-            settings,
-            workflow=AssociationInvitation.run,
-            arg=AssociationInvitationInput(
-                invitation_id=inv_id,
-                partner_id=partner_id,
-                invited_by=principal.sub,
-                account_id=body.account_id,
-                account_email=facts.email,
-                message=body.message,
-                policy=settings.policy,
-            ),
-            workflow_id=inv_id,
-            process="invitation",
-            partner_id=partner_id,
-            summary=f"invitation of account {body.account_id} by {partner_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+            account_email=facts.email,
+            message=body.message,
+            policy=processes.settings.policy,
+        ),
+        workflow_id=inv_id,
+        process="invitation",
+        partner_id=partner_id,
+        summary=f"invitation of account {body.account_id} by {partner_id}",
+        view=InvitationView,
     )
 
 
-@router.get("/{inv_id}", response_model=InvitationView, responses=ERRORS)
+@router.get("/{inv_id}", response_model=InvitationView)
 async def get_invitation(inv_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_invitation(sessions, inv_id, principal)
     return row.view
 
 
-@router.post("/{inv_id}/accept", response_model=InvitationView, responses=ERRORS)
+@router.post("/{inv_id}/accept", response_model=InvitationView)
 async def accept_invitation(
-    inv_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    inv_id: str, principal: CurrentUser, processes: Processes
+) -> InvitationView:
     """R-INV-3 / R-INV-5: the invited account accepts within the TTL, if still eligible."""
-
-    async def act() -> dict[str, Any]:
-        row = await process_row(sessions, "invitation", inv_id, "invitation")
-        view = InvitationView.model_validate(row.view)
-        if not principal.has(Role.account) or principal.sub != view.account_id:
-            raise ApiError("PF.NOT_INVITEE", "only the invited account may accept this invitation")
-        refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
-        if refusal is not None:
-            raise refused(refusal)
-        return await send_update(
-            temporal,
-            settings,
-            workflow_id=inv_id,
-            update="accept",
-            arg=AcceptInvitation(actor=principal),
-            update_id=update_id("accept", inv_id, idempotency_key),
-            what=f"accepting invitation {inv_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body={},
-        status_code=200,
-        action=act,
+    row = await process_row(processes.sessions, "invitation", inv_id, "invitation")
+    view = InvitationView.model_validate(row.view)
+    if not principal.has(Role.account) or principal.sub != view.account_id:
+        raise ApiError("PF.NOT_INVITEE", "only the invited account may accept this invitation")
+    refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
+    if refusal is not None:
+        raise refused(refusal)
+    return await processes.update(
+        inv_id,
+        AssociationInvitation.accept,
+        AcceptInvitation(actor=principal),
+        view=InvitationView,
+        what=f"accepting invitation {inv_id}",
     )
 
 
-@router.post("/{inv_id}/revoke", response_model=InvitationView, responses=ERRORS)
+@router.post("/{inv_id}/revoke", response_model=InvitationView)
 async def revoke_invitation(
-    inv_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-    body: RevokeBody | None = None,
-) -> Any:
-    """R-INV-4: the inviting partner's admin withdraws a pending invitation."""
-    revocation = body or RevokeBody()
-
-    async def act() -> dict[str, Any]:
-        row = await load_invitation(sessions, inv_id, principal)
-        view = InvitationView.model_validate(row.view)
-        if principal.partner_id != view.partner_id or not principal.has(Role.partner_admin):
-            raise ApiError(
-                "PF.NOT_OWNER", "only an admin of the inviting partner may revoke (R-INV-4)"
-            )
-        refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
-        if refusal is not None:
-            raise refused(refusal)
-        return await send_update(
-            temporal,
-            settings,
-            workflow_id=inv_id,
-            update="revoke",
-            arg=RevokeInvitation(actor=principal, reason=revocation.reason),
-            update_id=update_id("revoke", inv_id, idempotency_key),
-            what=f"revoking invitation {inv_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=revocation.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+    inv_id: str, body: RevokeBody, principal: CurrentUser, processes: Processes
+) -> InvitationView:
+    """R-INV-4: the inviting partner's admin withdraws a pending invitation. The body is
+    optional."""
+    row = await load_invitation(processes.sessions, inv_id, principal)
+    view = InvitationView.model_validate(row.view)
+    if principal.partner_id != view.partner_id or not principal.has(Role.partner_admin):
+        raise ApiError("PF.NOT_OWNER", "only an admin of the inviting partner may revoke (R-INV-4)")
+    refusal = invitation_not_pending(inv_id, view.status, view.expires_at, now())
+    if refusal is not None:
+        raise refused(refusal)
+    return await processes.update(
+        inv_id,
+        AssociationInvitation.revoke,
+        RevokeInvitation(actor=principal, reason=body.reason),
+        view=InvitationView,
+        what=f"revoking invitation {inv_id}",
     )
 
 
-@router.get("/{inv_id}/history", response_model=History, responses=ERRORS)
+@router.get("/{inv_id}/history", response_model=History)
 async def invitation_history(inv_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     """R-X-3: every action on the invitation, oldest first."""
     await load_invitation(sessions, inv_id, principal)

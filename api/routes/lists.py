@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel, create_model
 
 from api.auth import CurrentUser
 from api.deps import SessionDep
-from api.errors import ApiError, ErrorEnvelope
+from api.errors import ApiError
+from api.frame import command_router
 from domain.certification import CertificationView
 from domain.incentives import IncentiveView
 from domain.invitations import CustomerInvitationView, DissociationView, InvitationView
@@ -32,11 +33,7 @@ from domain.summaries import RESOURCE_OF_PROCESS, process_summary
 from store.lists import BadCursor, ListFilters, is_staff_caller, list_processes
 from store.models import ProcessRow
 
-router = APIRouter()
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 422, 429, 503)
-}
+router = command_router(prefix="", tags=[])
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,6 @@ def list_route(resource: Resource) -> None:
         name=f"list_{resource.path.replace('-', '_')}",
         tags=[resource.tag],
         response_model=page_model,
-        responses=ERRORS,
     )
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -14,16 +12,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.auth import CurrentUser, require_partner_user
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import (
-    load_partner_item,
-    partner_update,
-    process_id,
-    start_process,
-    workflow_is_running,
-)
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import load_partner_item, workflow_is_running
 from domain.opportunity import (
     FINAL_STATUSES,
     CancelOpportunity,
@@ -42,11 +34,7 @@ from store.db import as_utc
 from store.models import AuditEvent, Partner, ProcessRow
 from workflows.opportunity import OpportunityReview
 
-router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="/v1/opportunities", tags=["opportunities"])
 
 
 class CancelBody(BaseModel):
@@ -80,69 +68,50 @@ async def load_opportunity(
     )
 
 
-@router.post("", status_code=201, response_model=OpportunityView, responses=ERRORS)
+@router.post("", status_code=201, response_model=OpportunityView)
 async def submit_opportunity(
-    body: OpportunityCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    """R-PO-1: submit a PO. It is routed (R-PO-2/3) and flagged (R-PO-4/8) before the answer."""
+    body: OpportunityCreate, principal: CurrentUser, processes: Processes
+) -> OpportunityView:
+    """R-PO-1: submit a PO. It is routed (R-PO-2/3) and flagged (R-PO-4/8) before the answer.
+    One open PO per partner, customer and project (409 PF.OPPORTUNITY_EXISTS)."""
     partner_id = require_partner_user(principal)
-    async with sessions() as session:
+    async with processes.sessions() as session:
         partner = await session.get(Partner, partner_id)
     if partner is None:
         raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
-    po_id = process_id("po", partner_id, idempotency_key)
+    po_id = await processes.new_id("po")
     key = claim_key(partner_id, body)
     # longer than a start can take: until then an unrecorded holder is starting, not stale
-    grace = timedelta(seconds=2 * settings.update_timeout_seconds + 10)
-
-    async def start() -> dict[str, Any]:
-        holder = await claim(
-            sessions,
-            scope="po-open",
-            key=key,
-            owner_id=po_id,
-            holder_is_live=lambda other: _po_is_live(
-                sessions, temporal, other, key=key, grace=grace
-            ),
+    grace = timedelta(seconds=2 * processes.settings.update_timeout_seconds + 10)
+    sessions, temporal = processes.sessions, processes.temporal
+    holder = await claim(
+        sessions,
+        scope="po-open",
+        key=key,
+        owner_id=po_id,
+        holder_is_live=lambda other: _po_is_live(sessions, temporal, other, key=key, grace=grace),
+    )
+    if holder is not None:
+        raise ApiError(
+            "PF.OPPORTUNITY_EXISTS",
+            "this partner already has an open opportunity for the same customer and project",
+            {"existing_id": holder},
         )
-        if holder is not None:
-            raise ApiError(
-                "PF.OPPORTUNITY_EXISTS",
-                "this partner already has an open opportunity for the same customer and project",
-                {"existing_id": holder},
-            )
-        return await start_process(
-            temporal,
-            settings,
-            workflow=OpportunityReview.run,
-            arg=OpportunityReviewInput(
-                po_id=po_id,
-                partner_id=partner_id,
-                submitted_by=principal.sub,
-                opportunity=body,
-                policy=settings.policy,
-            ),
-            workflow_id=po_id,
-            process="opportunity",
+    return await processes.start(
+        OpportunityReview.run,
+        OpportunityReviewInput(
+            po_id=po_id,
             partner_id=partner_id,
-            summary=f"PO {body.customer_name} / {body.project_name} from {partner_id}, "
-            f"{body.amount} CNY",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+            submitted_by=principal.sub,
+            opportunity=body,
+            policy=processes.settings.policy,
+        ),
+        workflow_id=po_id,
+        process="opportunity",
+        partner_id=partner_id,
+        summary=f"PO {body.customer_name} / {body.project_name} from {partner_id}, "
+        f"{body.amount} CNY",
+        view=OpportunityView,
     )
 
 
@@ -164,121 +133,71 @@ async def _po_is_live(
     return await workflow_is_running(temporal, po_id)
 
 
-@router.get("/{po_id}", response_model=OpportunityView, responses=ERRORS)
+@router.get("/{po_id}", response_model=OpportunityView)
 async def get_opportunity(po_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_opportunity(sessions, po_id, principal)
     return row.view
 
 
-# A partner user's Update on its own opportunity.
-_partner_update = partial(
-    partner_update,
-    process="opportunity",
-    noun="opportunity",
-    closed=frozenset(s.value for s in FINAL_STATUSES),
-)
+CLOSED = frozenset(s.value for s in FINAL_STATUSES)
 
 
-@router.post("/{po_id}/cancel", response_model=OpportunityView, responses=ERRORS)
+@router.post("/{po_id}/cancel", response_model=OpportunityView)
 async def cancel_opportunity(
-    po_id: str,
-    body: CancelBody,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    """R-PO-6: the partner withdraws its PO until a decision is taken."""
-
-    async def act() -> dict[str, Any]:
-        return await _partner_update(
-            item_id=po_id,
-            principal=principal,
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            update="cancel",
-            arg=CancelOpportunity(actor=principal, reason=body.reason),
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
+    po_id: str, body: CancelBody, principal: CurrentUser, processes: Processes
+) -> OpportunityView:
+    """R-PO-6: the partner withdraws its PO until a decision is taken. The body is optional."""
+    return await processes.partner_update(
+        process="opportunity",
+        noun="opportunity",
+        item_id=po_id,
         principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+        update=OpportunityReview.cancel,
+        arg=CancelOpportunity(actor=principal, reason=body.reason),
+        view=OpportunityView,
+        closed=CLOSED,
     )
 
 
-@router.post("/{po_id}/resubmit", response_model=OpportunityView, responses=ERRORS)
+@router.post("/{po_id}/resubmit", response_model=OpportunityView)
 async def resubmit_opportunity(
-    po_id: str,
-    body: ResubmitBody,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    po_id: str, body: ResubmitBody, principal: CurrentUser, processes: Processes
+) -> OpportunityView:
     """R-PO-7: after a return for information, the edited PO goes back to the same PDM."""
     edited = OpportunityCreate.model_validate(body.model_dump(exclude={"comment"}))
-
-    async def act() -> dict[str, Any]:
-        return await _partner_update(
-            item_id=po_id,
-            principal=principal,
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            update="resubmit",
-            arg=ResubmitOpportunity(actor=principal, opportunity=edited, comment=body.comment),
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
+    return await processes.partner_update(
+        process="opportunity",
+        noun="opportunity",
+        item_id=po_id,
         principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
+        update=OpportunityReview.resubmit,
+        arg=ResubmitOpportunity(actor=principal, opportunity=edited, comment=body.comment),
+        view=OpportunityView,
+        closed=CLOSED,
     )
 
 
-@router.patch("/{po_id}", response_model=OpportunityView, responses=ERRORS)
+@router.patch("/{po_id}", response_model=OpportunityView)
 async def update_opportunity_progress(
-    po_id: str,
-    body: OpportunityProgress,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    po_id: str, body: OpportunityProgress, principal: CurrentUser, processes: Processes
+) -> OpportunityView:
     """R-PO-9 / R-PO-11: stage (won, lost, delivered) and edits after approval; a new customer
     or project re-opens verification."""
     if not body.model_dump(exclude_none=True):
         raise ApiError("PF.VALIDATION_FAILED", "send at least one field to change")
-    return await _partner_update(
+    return await processes.partner_update(
+        process="opportunity",
+        noun="opportunity",
         item_id=po_id,
         principal=principal,
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        update="update_progress",
+        update=OpportunityReview.update_progress,
         arg=UpdateProgress(actor=principal, progress=body),
-        key=idempotency_key,
+        view=OpportunityView,
+        closed=CLOSED,
     )
 
 
-@router.get("/{po_id}/history", response_model=History, responses=ERRORS)
+@router.get("/{po_id}/history", response_model=History)
 async def opportunity_history(po_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     """R-X-3: every action on the PO, oldest first."""
     await load_opportunity(sessions, po_id, principal)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-
 from api import access
 from api.auth import CurrentUser, require_partner_admin
-from api.deps import SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import process_id, start_process
+from api.deps import Processes, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
 from api.routes.invitations import Sessions, holder_is_live, process_row, registered_partner
 from api.routes.opportunities import History, read_history
 from domain.principal import Principal
@@ -33,11 +30,7 @@ from store.claims import claim
 from store.models import Partner, ProcessRow
 from workflows.reseller import ResellerApplication
 
-router = APIRouter(prefix="/v1/reseller-applications", tags=["resellers"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="/v1/reseller-applications", tags=["resellers"])
 
 
 async def load_application(sessions: Sessions, app_id: str, principal: Principal) -> ProcessRow:
@@ -45,18 +38,14 @@ async def load_application(sessions: Sessions, app_id: str, principal: Principal
     return access.check_may_see(principal, row, "reseller application")
 
 
-@router.post("", status_code=201, response_model=ResellerApplicationView, responses=ERRORS)
+@router.post("", status_code=201, response_model=ResellerApplicationView)
 async def apply_to_distributor(
-    body: ResellerApplicationCreate,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    """R-RES-1: a reseller's admin applies to cooperate with a distributor."""
+    body: ResellerApplicationCreate, principal: CurrentUser, processes: Processes
+) -> ResellerApplicationView:
+    """R-RES-1: a reseller's admin applies to cooperate with a distributor. One live application
+    per reseller and distributor (409 PF.APPLICATION_EXISTS)."""
     reseller_id = require_partner_admin(principal)
+    sessions, temporal = processes.sessions, processes.temporal
     reseller = await registered_partner(sessions, reseller_id)
     if reseller.kind != RESELLER_KIND:
         raise ApiError(
@@ -72,60 +61,47 @@ async def apply_to_distributor(
             f"there is no distributor {body.distributor_id}",
             {"distributor_id": body.distributor_id},
         )
-    app_id = process_id("res", reseller_id, idempotency_key)
-
-    async def start() -> dict[str, Any]:
-        holder = await claim(
-            sessions,
-            scope="res-coop",
-            key=claim_key(reseller_id, body.distributor_id),
-            owner_id=app_id,
-            holder_is_live=holder_is_live(sessions, temporal, {s.value for s in LIVE_STATUSES}),
+    app_id = await processes.new_id("res")
+    holder = await claim(
+        sessions,
+        scope="res-coop",
+        key=claim_key(reseller_id, body.distributor_id),
+        owner_id=app_id,
+        holder_is_live=holder_is_live(sessions, temporal, {s.value for s in LIVE_STATUSES}),
+    )
+    if holder is not None:
+        raise ApiError(
+            "PF.APPLICATION_EXISTS",
+            f"{reseller_id} already has an application to {body.distributor_id} in review "
+            "or approved",
+            {"existing_id": holder},
         )
-        if holder is not None:
-            raise ApiError(
-                "PF.APPLICATION_EXISTS",
-                f"{reseller_id} already has an application to {body.distributor_id} in review "
-                "or approved",
-                {"existing_id": holder},
-            )
-        return await start_process(
-            temporal,
-            settings,
-            workflow=ResellerApplication.run,
-            arg=ResellerApplicationInput(
-                application_id=app_id,
-                reseller_id=reseller_id,
-                reseller_name=reseller.name,
-                submitted_by=principal.sub,
-                distributor_id=body.distributor_id,
-                distributor_contact=contact,
-                application=body,
-            ),
-            workflow_id=app_id,
-            process="reseller_application",
-            partner_id=reseller_id,
-            summary=f"cooperation application of reseller {reseller_id} to {body.distributor_id}",
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=201,
-        action=start,
+    return await processes.start(
+        ResellerApplication.run,
+        ResellerApplicationInput(
+            application_id=app_id,
+            reseller_id=reseller_id,
+            reseller_name=reseller.name,
+            submitted_by=principal.sub,
+            distributor_id=body.distributor_id,
+            distributor_contact=contact,
+            application=body,
+        ),
+        workflow_id=app_id,
+        process="reseller_application",
+        partner_id=reseller_id,
+        summary=f"cooperation application of reseller {reseller_id} to {body.distributor_id}",
+        view=ResellerApplicationView,
     )
 
 
-@router.get("/{app_id}", response_model=ResellerApplicationView, responses=ERRORS)
+@router.get("/{app_id}", response_model=ResellerApplicationView)
 async def get_application(app_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_application(sessions, app_id, principal)
     return row.view
 
 
-@router.get("/{app_id}/history", response_model=History, responses=ERRORS)
+@router.get("/{app_id}/history", response_model=History)
 async def application_history(app_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     await load_application(sessions, app_id, principal)
     async with sessions() as session:

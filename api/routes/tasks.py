@@ -6,19 +6,18 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import access
 from api.auth import CurrentUser
-from api.deps import SessionDep, SessionsDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorEnvelope
-from api.idempotency import IdempotencyKey, idempotent
-from api.processes import send_update, update_id
+from api.deps import Processes, SessionDep, SessionsDep
+from api.errors import ApiError
+from api.frame import command_router
+from api.processes import ProcessGateway
 from api.routes.lists import check_partner_filter, utc
-from config import Settings
 from domain.principal import Principal
 from domain.summaries import RESOURCE_OF_PROCESS
 from domain.tasks import ClaimTask, CompleteTask, HumanTask, ReassignTask, UnclaimTask
@@ -26,12 +25,9 @@ from domain.values import UtcDateTime
 from store.db import as_utc
 from store.inbox import BadCursor, InboxFilters, InboxSort, list_tasks, summaries_of
 from store.models import ProcessRow, TaskRow
+from workflows.human_task import ProcessWorkflow
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 429, 503)
-}
+router = command_router(prefix="/v1/tasks", tags=["tasks"])
 
 
 class TaskPublic(BaseModel):
@@ -163,7 +159,7 @@ async def load_task(
     return access.check_may_see_task(principal, row)
 
 
-@router.get("", response_model=TaskPage, responses=ERRORS, name="list_tasks")
+@router.get("", response_model=TaskPage, name="list_tasks")
 async def inbox(
     principal: CurrentUser,
     session: SessionDep,
@@ -223,7 +219,7 @@ async def inbox(
     )
 
 
-@router.get("/{task_id}", response_model=TaskDetail, responses=ERRORS)
+@router.get("/{task_id}", response_model=TaskDetail)
 async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) -> Any:
     row = await load_task(sessions, task_id, principal)
     async with sessions() as session:
@@ -235,45 +231,31 @@ async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) 
 
 
 async def _complete_one(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    temporal: Any,
-    principal: Principal,
-    task_id: str,
-    body: Completion,
-    key: str | None,
+    processes: ProcessGateway, *, principal: Principal, task_id: str, body: Completion
 ) -> dict[str, Any]:
-    row = await load_task(sessions, task_id, principal)
+    row = await load_task(processes.sessions, task_id, principal)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
-    return await send_update(
-        temporal,
-        settings,
-        workflow_id=row.process_id,
-        update="complete_task",
-        arg=CompleteTask(
+    # The Update id names the task and the caller (R-X-6): two actors never share a decision.
+    return await processes.update_json(
+        row.process_id,
+        ProcessWorkflow.complete_task,
+        CompleteTask(
             task_id=task_id,
             actor=principal,
             outcome=body.outcome,
             comment=body.comment,
             data=body.data,
         ),
-        update_id=update_id("complete", task_id, key),
+        target=task_id,
         what=f"completing task {task_id}",
     )
 
 
-@router.post("/bulk-complete", response_model=BulkResult, responses=ERRORS)
+@router.post("/bulk-complete", response_model=BulkResult)
 async def bulk_complete(
-    body: BulkCompletion,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    body: BulkCompletion, principal: CurrentUser, processes: Processes
+) -> BulkResult:
     """One outcome for many tasks; each is validated on its own and reported with its own result."""
     if len(set(body.task_ids)) != len(body.task_ids):
         raise ApiError("PF.VALIDATION_FAILED", "task_ids has duplicates")
@@ -283,13 +265,7 @@ async def bulk_complete(
         async with gate:
             try:
                 view = await _complete_one(
-                    sessions=sessions,
-                    settings=settings,
-                    temporal=temporal,
-                    principal=principal,
-                    task_id=task_id,
-                    body=body,
-                    key=idempotency_key,
+                    processes, principal=principal, task_id=task_id, body=body
                 )
             except ApiError as exc:
                 return BulkItemResult(
@@ -301,186 +277,92 @@ async def bulk_complete(
                 )
         return BulkItemResult(task_id=task_id, ok=True, status_code=200, process=view)
 
-    async def act() -> dict[str, Any]:
-        results = await asyncio.gather(*(one(t) for t in body.task_ids))
-        ok = sum(r.ok for r in results)
-        return BulkResult(succeeded=ok, failed=len(results) - ok, results=list(results)).model_dump(
-            mode="json"
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
-    )
+    results = await asyncio.gather(*(one(t) for t in body.task_ids))
+    ok = sum(r.ok for r in results)
+    return BulkResult(succeeded=ok, failed=len(results) - ok, results=list(results))
 
 
-@router.post("/{task_id}/complete", responses=ERRORS)
+@router.post("/{task_id}/complete")
 async def complete_task(
-    task_id: str,
-    body: Completion,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
-    """Decide a task; the answer is the process's new state. R-X-6: the same Idempotency-Key
-    returns the first answer and the decision is recorded once."""
-
-    async def act() -> dict[str, Any]:
-        return await _complete_one(
-            sessions=sessions,
-            settings=settings,
-            temporal=temporal,
-            principal=principal,
-            task_id=task_id,
-            body=body,
-            key=idempotency_key,
-        )
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        status_code=200,
-        action=act,
-    )
+    task_id: str, body: Completion, principal: CurrentUser, processes: Processes
+) -> dict[str, Any]:
+    """Decide a task; the answer is the process's new state (its public view, of whichever
+    process the task belongs to). R-X-6: the same Idempotency-Key returns the first answer and
+    the decision is recorded once; two actors never share one decision."""
+    return await _complete_one(processes, principal=principal, task_id=task_id, body=body)
 
 
-@router.post("/{task_id}/reassign", responses=ERRORS)
+@router.post("/{task_id}/reassign")
 async def reassign_task(
-    task_id: str,
-    body: Reassignment,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+    task_id: str, body: Reassignment, principal: CurrentUser, processes: Processes
+) -> dict[str, Any]:
     """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
-    async with sessions() as session:
+    async with processes.sessions() as session:
         row = await session.get(TaskRow, task_id)
     if row is None:
         raise ApiError("PF.TASK_NOT_FOUND", f"no task {task_id}")
     access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
-    return await send_update(
-        temporal,
-        settings,
-        workflow_id=row.process_id,
-        update="reassign_task",
-        arg=ReassignTask(
+    return await processes.update_json(
+        row.process_id,
+        ProcessWorkflow.reassign_task,
+        ReassignTask(
             task_id=task_id, actor=principal, assignee=body.assignee, comment=body.comment
         ),
-        update_id=update_id("reassign", task_id, idempotency_key),
+        target=task_id,
         what=f"reassigning task {task_id}",
     )
 
 
 async def _claim_update(
+    processes: ProcessGateway,
     *,
     task_id: str,
-    update: str,
+    update: Any,
     arg: ClaimTask | UnclaimTask,
-    request: Request,
-    body: dict[str, Any],
     principal: Principal,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    temporal: Any,
-    idempotency_key: str | None,
-) -> Any:
-    async def act() -> dict[str, Any]:
-        row = await load_task(sessions, task_id, principal)
-        if row.status != "open":
-            raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
-        task = await send_update(
-            temporal,
-            settings,
-            workflow_id=row.process_id,
-            update=update,
-            arg=arg,
-            update_id=update_id(update, f"{task_id}:{principal.sub}", idempotency_key),
-            what=f"{update} of task {task_id}",
-        )
-        async with sessions() as session:
-            process = await session.get(ProcessRow, row.process_id)
-        shown = TaskRow(**{**row.model_dump(), "claimed_by": task.get("claimed_by")})
-        return public(shown, process.summary if process else None).model_dump(mode="json")
-
-    return await idempotent(
-        sessions=sessions,
-        request=request,
-        principal=principal,
-        key=idempotency_key,
-        body=body,
-        status_code=200,
-        action=act,
+) -> TaskPublic:
+    row = await load_task(processes.sessions, task_id, principal)
+    if row.status != "open":
+        raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    task = await processes.update_json(
+        row.process_id, update, arg, target=task_id, what=f"{arg.__class__.__name__} {task_id}"
     )
+    async with processes.sessions() as session:
+        process = await session.get(ProcessRow, row.process_id)
+    shown = TaskRow(**{**row.model_dump(), "claimed_by": task.get("claimed_by")})
+    return public(shown, process.summary if process else None)
 
 
-@router.post("/{task_id}/claim", response_model=TaskPublic, responses=ERRORS)
-async def claim_task(
-    task_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Any:
+@router.post("/{task_id}/claim", response_model=TaskPublic)
+async def claim_task(task_id: str, principal: CurrentUser, processes: Processes) -> Any:
     """Take a task offered to one of your roles: then only you complete it (until you or a lead
     give it back). Two claims at once: one wins, the other gets 409 PF.TASK_CLAIMED. Recorded
     in the process's history (`task_claimed`, R-X-3). A repeated claim by the holder is a no-op.
     Errors: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN, PF.TASK_NOT_CLAIMABLE, PF.TASK_CLAIMED,
     PF.NOT_ASSIGNEE, PF.SELF_DECISION (R-X-5)."""
     return await _claim_update(
+        processes,
         task_id=task_id,
-        update="claim_task",
+        update=ProcessWorkflow.claim_task,
         arg=ClaimTask(task_id=task_id, actor=principal),
-        request=request,
-        body={},
         principal=principal,
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        idempotency_key=idempotency_key,
     )
 
 
-@router.post("/{task_id}/unclaim", response_model=TaskPublic, responses=ERRORS)
+@router.post("/{task_id}/unclaim", response_model=TaskPublic)
 async def unclaim_task(
-    task_id: str,
-    request: Request,
-    principal: CurrentUser,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    temporal: TemporalDep,
-    idempotency_key: IdempotencyKey = None,
-    body: Unclaim | None = None,
+    task_id: str, principal: CurrentUser, processes: Processes, body: Unclaim | None = None
 ) -> Any:
     """Give a claimed task back to its role: its claimer, or a lead who may reassign it.
     Recorded as `task_unclaimed`. Errors: PF.TASK_NOT_FOUND, PF.TASK_NOT_OPEN,
     PF.TASK_NOT_CLAIMED, PF.NOT_ASSIGNEE."""
     unclaim = body or Unclaim()
     return await _claim_update(
+        processes,
         task_id=task_id,
-        update="unclaim_task",
+        update=ProcessWorkflow.unclaim_task,
         arg=UnclaimTask(task_id=task_id, actor=principal, comment=unclaim.comment),
-        request=request,
-        body=unclaim.model_dump(mode="json"),
         principal=principal,
-        sessions=sessions,
-        settings=settings,
-        temporal=temporal,
-        idempotency_key=idempotency_key,
     )

@@ -1,0 +1,45 @@
+"""R-X-5 for every process: a task is never reassigned to the person who submitted its item.
+
+Enumerates the workflow registry (`workflows.ALL_WORKFLOWS`), not a hand-picked list: every
+process workflow is a `ProcessWorkflow`, and its `check_reassign_target` (what the
+`reassign_task` validator and the main loop run) refuses the submitter with
+PF.ASSIGNEE_NOT_ELIGIBLE, including processes that add refusals of their own (the incentive's
+approver, qualifier and partner users, tests/test_incentives.py TestFourEyes).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from domain.principal import Principal, Role
+from domain.tasks import HumanTask, ReassignTask
+from workflows import ALL_WORKFLOWS
+from workflows.human_task import ProcessWorkflow
+
+
+@pytest.mark.parametrize("workflow_class", ALL_WORKFLOWS, ids=lambda c: c.__name__)
+def test_r_x_5_reassigning_to_the_submitter_is_refused_in_every_process(
+    workflow_class: type,
+) -> None:
+    assert issubclass(workflow_class, ProcessWorkflow)
+    # The check is pure: it needs the task, not a running workflow.
+    process = object.__new__(workflow_class)
+    task = HumanTask(
+        id="x.1",
+        kind="any",
+        process="x",
+        process_id="x",
+        partner_id="p-acme",
+        assignee="reviewer-1",
+        created_at=datetime.now(UTC),
+        submitted_by="u-acme-1",
+    )
+    lead = Principal(sub="lead-1", roles=[Role.ops_admin])
+    with pytest.raises(ApplicationError) as refused:
+        process.check_reassign_target(
+            task, ReassignTask(actor=lead, task_id=task.id, assignee="u-acme-1")
+        )
+    assert refused.value.type == "PF.ASSIGNEE_NOT_ELIGIBLE"
