@@ -460,7 +460,7 @@ class ProcessWorkflow:
 
     async def store_activity(
         self,
-        activity: Callable[[ReadModelActivities, ArgT], Awaitable[ResultT]],
+        activity: Callable[[Any, ArgT], Awaitable[ResultT]],
         arg: ArgT,
     ) -> ResultT:
         """Run a short idempotent read-model activity: local (inside the workflow task) in

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask, check_fresh
     from domain.values import utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, Pending, ProcessWorkflow
+    from workflows.human_task import Pending, ProcessWorkflow
 
 S = OpportunityStatus
 
@@ -191,11 +191,9 @@ class OpportunityReview(ProcessWorkflow):
             if approved is None and workflow.patched("po-approve-claims-match-key"):
                 # R-PO-4: of a set of duplicates at most one is ever approved, even when two
                 # PDMs approve at the same moment: the approval first takes the normalised key.
-                approved = await workflow.execute_activity_method(
+                approved = await self.store_activity(
                     OpportunityClaimActivities.claim_approval,
                     ApprovalClaim(po_id=self.process_id, match_key=self._key()),
-                    start_to_close_timeout=STORE_TIMEOUT,
-                    retry_policy=STORE_RETRY,
                 )
                 claimed = approved is None
             else:
@@ -211,11 +209,9 @@ class OpportunityReview(ProcessWorkflow):
                 self.check_complete(cmd)  # the task may have moved while we looked
             except ApplicationError:
                 if claimed:  # not approved after all: the key is free again
-                    await workflow.execute_activity_method(
+                    await self.store_activity(
                         OpportunityClaimActivities.release_approval,
                         ApprovalClaim(po_id=self.process_id, match_key=self._key()),
-                        start_to_close_timeout=STORE_TIMEOUT,
-                        retry_policy=STORE_RETRY,
                     )
                 raise
         self.finish_task(task, cmd)
