@@ -8,7 +8,7 @@ into one indexed IN list, and ANALYZE keeps statistics on it, so the planner kno
 a person holds (0.3 ms; docs/performance.md).
 
 Revision ID: 0007
-Revises: 0005, 0006 (main has both on 0004: this revision also joins the two heads)
+Revises: 0006
 Create Date: 2026-11-30 04:45:00.000000
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | tuple[str, ...] | None = ("0005", "0006")
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
