@@ -39,6 +39,7 @@ lint: install
 
 # Service against the raw Temporal ceiling in one run (docs/performance.md); larger runs:
 # make bench BENCH_ARGS="--n 1000 --concurrency 32 --open-workflows 20000"
+# make bench BENCH_ARGS=--quick   (under 3 minutes, no cost section: for before/after runs)
 BENCH_ARGS ?=
 bench: install
 	$(PYTHON) -m bench.run $(BENCH_ARGS)

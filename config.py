@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         le=65535,
         description="the worker's Prometheus endpoint (Temporal SDK metrics); 0 turns it off",
     )
+    # Worker tuning (issue 11, measured one at a time in docs/performance.md); None: SDK default.
+    worker_max_cached_workflows: int = Field(
+        default=1000, ge=0, description="workflow runs kept in the worker's cache (SDK default)"
+    )
+    worker_max_concurrent_workflow_tasks: int | None = Field(default=None, ge=1)
+    worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
+    worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
     otlp_endpoint: str | None = Field(
         default=None,
         description="OTLP/HTTP collector for traces, e.g. http://collector:4318; unset: no tracing",

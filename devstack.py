@@ -46,6 +46,9 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 # is in deploy/temporal-dynamicconfig.yaml (compose) and deploy/helm/temporal-values.yaml.
 DYNAMIC_CONFIG: dict[str, str] = {
     "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute": "5",
+    # Updates admitted, not yet completed, per execution (server default 10): a burst of
+    # completions on one task reaches the validator (409) rather than a 503 (issue 11).
+    "history.maxInFlightUpdates": "100",
 }
 
 TEMPORAL_START_TIMEOUT = 60.0

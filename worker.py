@@ -109,6 +109,10 @@ async def running_worker(
         activities=all_activities(sessions),
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=10),
+        max_cached_workflows=settings.worker_max_cached_workflows,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
     )
     stop_sender = asyncio.Event()
     sender = OutboxSender.from_settings(sessions, settings)

@@ -30,13 +30,49 @@ def visible_to(principal: Principal) -> Any:
     return access.task_filter(principal)
 
 
+# Who holds a task, as one value: its assignee, else its claimer, else `role:<candidate_role>`
+# while it is offered. The same expression as the index ix_tasks_holder (migration 0007),
+# written out so the query matches it on PostgreSQL and SQLite (the literal inlined, never a
+# bound parameter).
+HOLDER_ROLE_PREFIX = "role:"
+
+
+def holder() -> Any:
+    """`coalesce(assignee, claimed_by, 'role:' || candidate_role)`, indexed by ix_tasks_holder."""
+    prefix = sa.literal_column(f"'{HOLDER_ROLE_PREFIX}'", sa.String)
+    return sa.func.coalesce(
+        col(TaskRow.assignee), col(TaskRow.claimed_by), prefix + col(TaskRow.candidate_role)
+    )
+
+
 def mine(principal: Principal) -> Any:
     """Tasks for the caller to work: assigned to them, claimed by them, or offered to one of
-    their roles and not claimed by someone else."""
-    return sa.or_(
-        col(TaskRow.assignee) == principal.sub,
-        col(TaskRow.claimed_by) == principal.sub,
-        sa.and_(offered_to(principal), col(TaskRow.claimed_by).is_(None)),
+    their roles and not claimed by someone else (a claim only exists on an unassigned task: a
+    reassignment clears it).
+
+    Written as `holder IN (me, role:r, ...)`, which ix_tasks_holder (migration 0007) serves for
+    every kind of row, plus the conditions that make it exact, each true of almost every row
+    so the planner's estimate stays the index's: an assignee or claimer id that merely looks
+    like `role:r` is not a role; an unclaimed offer reaches a caller only through a role they
+    hold, within their partner (`api.access.offered_filter`). A PDM's inbox at 100,000 tasks on
+    PostgreSQL then reads his ~100 rows instead of walking every open task by due date
+    (docs/performance.md, issue 11)."""
+    roles = sorted(str(r) for r in access.effective_roles(principal))
+    keys = [principal.sub, *(f"{HOLDER_ROLE_PREFIX}{r}" for r in roles)]
+    assignee, claimer = col(TaskRow.assignee), col(TaskRow.claimed_by)
+
+    def not_a_role(person: Any) -> Any:
+        return sa.or_(
+            person.is_(None),
+            sa.not_(person.startswith(HOLDER_ROLE_PREFIX, autoescape=True)),
+            person == principal.sub,
+        )
+
+    return sa.and_(
+        holder().in_(keys),
+        not_a_role(assignee),
+        not_a_role(claimer),
+        sa.or_(assignee.is_not(None), claimer.is_not(None), offered_to(principal)),
     )
 
 

@@ -133,6 +133,16 @@ class TaskRow(SQLModel, table=True):
         sa.Index("ix_tasks_escalation", "status", "escalate_to_role", "due_at", "id"),
         sa.Index("ix_tasks_partner", "partner_id", "status", "due_at", "id"),
         sa.Index("ix_tasks_due", "status", "due_at", "id"),
+        # "mine": assigned to me, claimed by me or offered to my role, as one indexed value
+        # (store/inbox.py); parenthesised as SQLAlchemy reflects it from PostgreSQL, so Alembic
+        # sees no change
+        sa.Index(
+            "ix_tasks_holder",
+            "status",
+            sa.text("coalesce(assignee, claimed_by, ('role:' || candidate_role))"),
+            "due_at",
+            "id",
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=220)

@@ -61,3 +61,8 @@ def test_bench_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert cost["at_size"]["open"] > cost["baseline"]["open"]
     assert all(n >= 0 for n in _numbers(result))
     assert "| measure |" in run.stdout
+    # the targeted figures are the last lines, ratios first (issue 11 part 6)
+    last = run.stdout.strip().splitlines()[-7:]  # 3 ratios, 2 inboxes, 2 cost lines
+    assert last[0].startswith("ratio PO starts / raw starts: "), last
+    assert last[1].startswith("ratio decisions / raw decisions: "), last
+    assert last[-1].startswith("ratio decision p50 at "), last

@@ -153,15 +153,19 @@ def test_deploy_docs_explain_scaling_out() -> None:
 
 def test_stuck_executions_are_flagged_the_same_way_everywhere() -> None:
     """The threshold behind TemporalReportedProblems (the stuck-executions query)."""
-    (key, value), *more = devstack.DYNAMIC_CONFIG.items()
-    assert key == "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
+    assert "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute" in (
+        devstack.DYNAMIC_CONFIG
+    )
+    # and every other server setting (history.maxInFlightUpdates, issue 11) the same way too
     compose_file = yaml.safe_load((DEPLOY / "temporal-dynamicconfig.yaml").read_text())
-    assert compose_file[key] == [{"value": int(value)}]
-    assert helm_values()["server"]["dynamicConfig"][key] == [{"value": int(value)}]
+    command = devstack.temporal_dev_server_command(Settings(), None)
+    for key, value in devstack.DYNAMIC_CONFIG.items():
+        assert compose_file[key] == [{"value": int(value)}], key
+        assert helm_values()["server"]["dynamicConfig"][key] == [{"value": int(value)}], key
+        assert f"{key}={value}" in command
+    assert set(compose_file) == set(devstack.DYNAMIC_CONFIG)
+    assert set(helm_values()["server"]["dynamicConfig"]) == set(devstack.DYNAMIC_CONFIG)
     temporal = compose()["services"]["temporal"]
     (mount,) = temporal["volumes"]
     assert mount.startswith("./temporal-dynamicconfig.yaml:/etc/temporal/")
     assert mount.split(":")[1].endswith(temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"])
-    command = devstack.temporal_dev_server_command(Settings(), None)
-    assert f"{key}={value}" in command
-    assert not more

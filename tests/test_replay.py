@@ -8,6 +8,8 @@ original workflow id (task ids are derived from it).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tests.conftest import Stack
 from tests.helpers import ALL_PASS, Actors, complete, submit
 from worker import workflow_runner
 from workflows import ALL_WORKFLOWS
+from workflows.human_task import LOCAL_STORE_PATCH
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -56,6 +59,8 @@ def test_histories_are_committed() -> None:
         "dissociation_accepted",
         "reseller_application_approved",
     } <= labels, labels
+    # the same PO journey recorded after issue 11: its store work runs as local activities
+    assert "opportunity_review_local" in labels, labels
     # recorded by tests/test_incentives.py (test_r_inc_full_history_replays)
     assert "incentive_application_full" in labels, labels
     # recorded by tests/test_certification.py (test_full_certification_history_replays): the
@@ -77,6 +82,53 @@ def test_histories_are_committed() -> None:
 @pytest.mark.parametrize("path", committed(), ids=lambda p: p.stem.split("__")[0])
 async def test_committed_history_replays_on_current_code(path: Path) -> None:
     await replayer().replay_workflow(load(path))
+
+
+STORE_ACTIVITIES = {"apply_transition", "assess_opportunity", "find_approved_duplicate"}
+
+
+def _history_events(path: Path) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = json.loads(path.read_text())["events"]
+    return events
+
+
+def test_local_store_history_runs_store_work_locally() -> None:
+    """The PO history recorded after issue 11 has the `store-local-activities` patch marker and
+    its routing look-up, duplicate checks and transition commits as local-activity markers,
+    with no regular activity scheduled for them; the history recorded before has them as
+    regular activities. Both replay (test_committed_history_replays_on_current_code)."""
+    [new] = [p for p in committed() if p.stem.startswith("opportunity_review_local__")]
+    [old] = [p for p in committed() if p.stem.startswith("opportunity_review_full__")]
+
+    def scheduled(events: list[dict[str, object]]) -> set[str]:
+        return {
+            str(e["activityTaskScheduledEventAttributes"]["activityType"]["name"])  # type: ignore[index]
+            for e in events
+            if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
+        }
+
+    def markers(events: list[dict[str, object]]) -> list[str]:
+        return [
+            str(e["markerRecordedEventAttributes"]["markerName"])  # type: ignore[index]
+            for e in events
+            if e["eventType"] == "EVENT_TYPE_MARKER_RECORDED"
+        ]
+
+    new_events, old_events = _history_events(new), _history_events(old)
+    assert not scheduled(new_events) & STORE_ACTIVITIES
+    patches = [
+        json.loads(base64.b64decode(payload["data"]))["id"]
+        for e in new_events
+        if e["eventType"] == "EVENT_TYPE_MARKER_RECORDED"
+        and e["markerRecordedEventAttributes"]["markerName"] == "core_patch"  # type: ignore[index]
+        for payload in e["markerRecordedEventAttributes"]["details"]["patch-data"]["payloads"]  # type: ignore[index]
+    ]
+    assert patches == [LOCAL_STORE_PATCH]
+    # submit (route + commit), dispatch, return, resubmit (look-up + commit), approve
+    # (duplicate check + commit), won, delivered: at least ten local store calls
+    assert markers(new_events).count("core_local_activity") >= 10
+    assert STORE_ACTIVITIES <= scheduled(old_events)
+    assert "core_local_activity" not in markers(old_events)
 
 
 async def test_replay_catches_an_unpatched_change() -> None:
@@ -135,6 +187,7 @@ async def test_full_po_history_replays(stack: Stack) -> None:
     await replayer().replay_workflow(WorkflowHistory.from_json(po["id"], history.to_json()))
     if os.environ.get("PARTNERFLOW_RECORD_HISTORIES") == "1":
         HISTORIES.mkdir(exist_ok=True)
-        for old in HISTORIES.glob("opportunity_review_full__*.json"):
+        # "opportunity_review_full" is the recording from before local activities: kept as it is
+        for old in HISTORIES.glob("opportunity_review_local__*.json"):
             old.unlink()
-        (HISTORIES / f"opportunity_review_full__{po['id']}.json").write_text(history.to_json())
+        (HISTORIES / f"opportunity_review_local__{po['id']}.json").write_text(history.to_json())

@@ -64,6 +64,22 @@ STORE_RETRY = RetryPolicy(
 )
 STORE_TIMEOUT = timedelta(seconds=30)
 
+# Short idempotent store work (the transition commit, routing and duplicate look-ups) runs as a
+# local activity inside the workflow task: no schedule/poll/complete round trip through the
+# server (issue 11). Executions started before this change keep their regular activities.
+LOCAL_STORE_PATCH = "store-local-activities"
+# One attempt of a local store activity; the SDK keeps the workflow task alive meanwhile.
+STORE_LOCAL_TIMEOUT = timedelta(seconds=10)
+# Retries whose backoff exceeds this wait on a durable timer (the workflow task completes, so
+# an Update already accepted is acknowledged) instead of inside the workflow task: with
+# STORE_RETRY that is from the fourth attempt on, about 1.4 s into an outage. STORE_RETRY has
+# no attempt limit and no schedule-to-close timeout, so however long the database is away the
+# write is retried until it lands, as with the regular activity before.
+STORE_LOCAL_RETRY_THRESHOLD = timedelta(seconds=1)
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
+
 
 @dataclass
 class Pending:
@@ -571,12 +587,7 @@ class ProcessWorkflow:
             notifications=notifications or [],
             origin_run_id=workflow.info().first_execution_run_id,
         )
-        await workflow.execute_activity_method(
-            ReadModelActivities.apply_transition,
-            transition,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-        )
+        await self.store_activity(ReadModelActivities.apply_transition, transition)
         self.recorded = self.version
         self._publish_visibility()
         for entry in audit:  # one log line per recorded action; never during replay
@@ -591,6 +602,26 @@ class ProcessWorkflow:
                     "process_kind": self.process,
                 },
             )
+
+    async def store_activity(
+        self,
+        activity: Callable[[Any, ArgT], Awaitable[ResultT]],
+        arg: ArgT,
+    ) -> ResultT:
+        """Run a short idempotent read-model activity: local (inside the workflow task) in
+        executions that have the `store-local-activities` patch, a regular activity in those
+        started before it (their histories replay unchanged). Retried until it succeeds."""
+        if workflow.patched(LOCAL_STORE_PATCH):
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=STORE_LOCAL_TIMEOUT,
+                retry_policy=STORE_RETRY,
+                local_retry_threshold=STORE_LOCAL_RETRY_THRESHOLD,
+            )
+        return await workflow.execute_activity_method(
+            activity, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
+        )
 
     def _publish_visibility(self) -> None:
         open_tasks = [t for t in self.tasks.values() if t.status is TaskStatus.open]

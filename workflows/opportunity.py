@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.projection import AuditEntry, Notification, ProcessRecord
     from domain.tasks import CompleteTask, HumanTask, ReassignTask
     from domain.values import utc_text
-    from workflows.human_task import STORE_RETRY, STORE_TIMEOUT, ProcessWorkflow, command, completes
+    from workflows.human_task import ProcessWorkflow, command, completes
 
 S = OpportunityStatus
 
@@ -71,7 +71,7 @@ class OpportunityReview(ProcessWorkflow):
     @workflow.run
     async def run(self, inp: OpportunityReviewInput) -> dict[str, Any]:
         self.criteria_on_every_outcome = workflow.patched("po-criteria-on-every-outcome")
-        assessment = await workflow.execute_activity_method(
+        assessment = await self.store_activity(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
                 route=RouteRequest(
@@ -82,8 +82,6 @@ class OpportunityReview(ProcessWorkflow):
                 ),
                 duplicates=self._duplicate_query(),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
         )
         self.pdm, self.psm = assessment.pdm, assessment.psm
         self.offering_unmatched = assessment.offering_unmatched
@@ -170,20 +168,15 @@ class OpportunityReview(ProcessWorkflow):
         if cmd.outcome == "approve":
             # R-PO-4: the earlier approved PO wins. Looked up now, not at submission: the other
             # PO may have been approved since.
-            approved = await workflow.execute_activity_method(
-                ReadModelActivities.find_approved_duplicate,
-                self._duplicate_query(),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
+            approved = await self.store_activity(
+                ReadModelActivities.find_approved_duplicate, self._duplicate_query()
             )
             if approved is None and workflow.patched("po-approve-claims-match-key"):
                 # R-PO-4: of a set of duplicates at most one is ever approved, even when two
                 # PDMs approve at the same moment: the approval first takes the normalised key.
-                approved = await workflow.execute_activity_method(
+                approved = await self.store_activity(
                     OpportunityClaimActivities.claim_approval,
                     ApprovalClaim(po_id=self.process_id, match_key=self._key()),
-                    start_to_close_timeout=STORE_TIMEOUT,
-                    retry_policy=STORE_RETRY,
                 )
                 claimed = approved is None
             else:
@@ -199,11 +192,9 @@ class OpportunityReview(ProcessWorkflow):
                 self.check_complete(cmd)  # the task may have moved while we looked
             except ApplicationError:
                 if claimed:  # not approved after all: the key is free again
-                    await workflow.execute_activity_method(
+                    await self.store_activity(
                         OpportunityClaimActivities.release_approval,
                         ApprovalClaim(po_id=self.process_id, match_key=self._key()),
-                        start_to_close_timeout=STORE_TIMEOUT,
-                        retry_policy=STORE_RETRY,
                     )
                 raise
         self.finish_task(task, cmd)
@@ -396,7 +387,7 @@ class OpportunityReview(ProcessWorkflow):
         await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
 
     async def _look_for_duplicate(self) -> str | None:
-        assessment = await workflow.execute_activity_method(
+        assessment = await self.store_activity(
             ReadModelActivities.assess_opportunity,
             AssessRequest(
                 route=RouteRequest(
@@ -407,8 +398,6 @@ class OpportunityReview(ProcessWorkflow):
                 ),
                 duplicates=self._duplicate_query(),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
         )
         self.offering_unmatched = assessment.offering_unmatched
         return assessment.duplicate_of

@@ -25,6 +25,7 @@ from api.processes import load_process
 from api.routes.lists import RESOURCES, Resource
 from domain.principal import Principal
 from domain.tasks import AddComment
+from domain.values import UtcDateTime
 from store.comments import add_comment_to_closed_process, list_comments
 from store.db import as_utc
 from store.lists import BadCursor
@@ -43,7 +44,7 @@ class CommentCreate(BaseModel):
 
 
 class CommentPublic(BaseModel):
-    at: datetime
+    at: UtcDateTime
     actor: str
     body: str
 
