@@ -22,7 +22,7 @@ from api.idempotency import DONE, IN_FLIGHT, fingerprint, scope_of
 from api.main import create_app
 from store.models import IdempotencyRecord, ProcessRow
 from tests.conftest import Stack, eventually
-from tests.helpers import Actors, complete, history_actions, po_body
+from tests.helpers import ALL_PASS, Actors, complete, history_actions, po_body
 from tests.test_certification import FAILING, PASSING, Certs, certs  # noqa: F401
 from tests.test_certification import submit as cert_submit
 from tests.test_incentives import Staff, funding_head, new_partner
@@ -247,7 +247,14 @@ async def test_r_x_6_a_key_reused_after_the_po_closed_loses_nothing(stack: Stack
     assert view["customer_name"] == body["customer_name"] and view["status"] != "cancelled"
     assert "submitted" in await history_actions(stack.http, a.acme, new.json()["id"])
     # a decision on the new PO works
-    await complete(stack.http, a.pdm_li, view["open_task_id"], "reject", comment="no budget")
+    await complete(
+        stack.http,
+        a.pdm_li,
+        view["open_task_id"],
+        "reject",
+        comment="no budget",
+        data={"criteria": ALL_PASS},
+    )
 
 
 async def test_r_x_6_an_invitation_key_reused_after_expiry_loses_nothing(
