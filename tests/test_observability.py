@@ -381,7 +381,12 @@ async def test_worker_process_serves_sdk_metrics_logs_json_and_exports_spans(
                 ran = sum(
                     v
                     for (name, labels), v in samples.items()
-                    if name == "temporal_activity_execution_latency_count"
+                    # store work runs as local activities in runs with that patch (issue 11)
+                    if name
+                    in (
+                        "temporal_activity_execution_latency_count",
+                        "temporal_local_activity_execution_latency_count",
+                    )
                     and ("activity_type", "apply_transition") in labels
                     and ("task_queue", settings.task_queue) in labels
                 )
