@@ -237,6 +237,30 @@ def test_r_x_7_every_model_uses_the_canonical_money_and_time_types() -> None:
     assert not problems, "\n".join(problems)
 
 
+def holds_a_time(annotation: Any) -> bool:
+    if annotation is datetime:
+        return True
+    return any(holds_a_time(arg) for arg in typing.get_args(annotation))
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_r_x_7_every_time_field_of_every_model_refuses_a_time_out_of_range(text: str) -> None:
+    """E.g. a task completion's `{"received_at": "0001-01-01T00:00:00+01:00"}` (the incentive
+    invoice check's `qualified`): a ValidationError naming the field (the workflow answers
+    PF.INVALID_DATA), never an OverflowError escaping pydantic (a 500)."""
+    checked = []
+    for model in all_models():
+        for field_name, info in model.model_fields.items():
+            if not holds_a_time(info.annotation):
+                continue
+            key = info.alias or field_name
+            with pytest.raises(ValidationError) as caught:
+                model.model_validate({key: text})
+            assert any(e["loc"][:1] == (key,) for e in caught.value.errors()), (model, key)
+            checked.append(f"{model.__name__}.{field_name}")
+    assert "QualifiedData.received_at" in checked and len(checked) > 20
+
+
 def test_r_x_7_the_registry_check_catches_a_plain_decimal_and_datetime() -> None:
     class Slipped(BaseModel):
         amount: Decimal
