@@ -112,6 +112,11 @@ def temporal_errors(what: str) -> Iterator[None]:
         raise
 
 
+# fastapi.routing: the detail of its HTTPException when reading the JSON body fails otherwise
+# than with a syntax error
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -136,6 +141,12 @@ def install_error_handlers(app: FastAPI) -> None:
             403: "PF.FORBIDDEN",
             413: "PF.PAYLOAD_TOO_LARGE",
         }.get(exc.status_code, "PF.BAD_REQUEST")
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer to a body json.loads could not read (bad UTF-8, too deep): the
+            # same code as a JSON syntax error
+            return envelope(
+                "PF.MALFORMED_JSON", "the request body is not valid JSON", {"reason": exc.detail}
+            )
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return envelope(
             code, message, status=exc.status_code, headers=getattr(exc, "headers", None)

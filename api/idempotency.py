@@ -78,9 +78,11 @@ def canonical_body(body: bytes) -> bytes:
         return b""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # not JSON we can compare by value (syntax, UTF-8, nesting too deep): by bytes; the
+        # route then refuses it with 400 PF.MALFORMED_JSON
         return body
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:

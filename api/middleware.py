@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jwt
 from limits import RateLimitItemPerSecond
@@ -117,9 +118,13 @@ class GuardMiddleware:
         try:
             rejection = await self._reject(scope)
             if rejection is None:
-                receive, too_large = await self._read_body(receive)
+                rejection = control_characters_in_url(scope)
+            if rejection is None:
+                receive, too_large, body = await self._read_body(receive)
                 if too_large:
                     rejection = self._too_large()
+                else:
+                    rejection = control_characters_in_body(body, scope)
             if rejection is not None:
                 await rejection(scope, receive, send_wrapper)
                 return
@@ -169,25 +174,69 @@ class GuardMiddleware:
         client = scope.get("client")
         return f"addr:{client[0] if client else 'unknown'}"
 
-    async def _read_body(self, receive: Receive) -> tuple[Receive, bool]:
+    async def _read_body(self, receive: Receive) -> tuple[Receive, bool, bytes]:
         """Reads the whole body, counting bytes as they stream in (a chunked body has no
         Content-Length to check up front): (a `receive` that hands the app the buffered body,
-        whether it passed the limit)."""
+        whether it passed the limit, the body read)."""
         chunks: list[bytes] = []
         seen = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return _replay([message], receive), False  # the client went away
+                return _replay([message], receive), False, b""  # the client went away
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_body_bytes:
-                return receive, True
+                return receive, True, b""
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        return _replay([whole], receive), False
+        body = b"".join(chunks)
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        return _replay([whole], receive), False, body
+
+
+# C0 control characters other than TAB, LF and CR. PostgreSQL refuses NUL in text and jsonb (a
+# 500 there, silently kept on SQLite) and no field of ours means any of them: every request
+# carrying one, in the path, the query string or a JSON body, is 422 PF.VALIDATION_FAILED.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# In a JSON text they can only arrive escaped (raw ones are not valid JSON, refused anyway):
+# `\u0000`…`\u001f` (except 0009, 000a, 000d) or `\b` / `\f`, after an even run of
+# backslashes (`\\u0000` is a backslash followed by the text "u0000", which is allowed).
+_JSON_CONTROL = re.compile(rb"(?<!\\)(?:\\\\)*\\(?:u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])|[bf])")
+
+
+def _refuse_control(where: str) -> Any:
+    return envelope(
+        "PF.VALIDATION_FAILED",
+        f"the {where} contains a control character (NUL, U+0001..U+001F other than tab, "
+        "line feed and carriage return)",
+        [{"loc": [where], "msg": "control characters are not allowed", "type": "control_char"}],
+    )
+
+
+def control_characters_in_url(scope: Scope) -> Any:
+    """The refusal of a request whose decoded path or query string has a control character."""
+    if _CONTROL.search(scope.get("path", "")):
+        return _refuse_control("path")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%" in query or _CONTROL.search(query):
+        for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+            if _CONTROL.search(name) or _CONTROL.search(value):
+                return _refuse_control("query")
+    return None
+
+
+def control_characters_in_body(body: bytes, scope: Scope) -> Any:
+    """The refusal of a JSON body with a control character in a string; bodies that are not
+    JSON are the app's to refuse."""
+    headers = dict(scope.get("headers") or [])
+    content_type = headers.get(b"content-type", b"application/json").lower()
+    if b"json" not in content_type:
+        return None
+    if _JSON_CONTROL.search(body):
+        return _refuse_control("body")
+    return None
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
-MONEY_PATTERN = r"^\d{1,14}(\.\d{1,2})?$"
+MONEY_PATTERN = r"^[0-9]{1,14}(\.[0-9]{1,2})?$"
 _MONEY = re.compile(MONEY_PATTERN)
 CENT = Decimal("0.01")
 
@@ -77,6 +77,15 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def parse_utc(value: datetime) -> datetime:
+    """`to_utc` for input: a time whose UTC instant is outside years 1..9999
+    (`0001-01-01T00:00:00+01:00`) is a ValueError (pydantic: 422), not an OverflowError."""
+    try:
+        return to_utc(value)
+    except OverflowError as exc:
+        raise ValueError("the time is out of range once converted to UTC") from exc
+
+
 def utc_iso(value: datetime) -> str:
     """ISO 8601 in UTC with `Z`: `2026-12-02T02:00:00Z`."""
     return to_utc(value).isoformat().replace("+00:00", "Z")
@@ -95,7 +104,7 @@ def _serialize_utc(value: datetime) -> str:
 
 UtcDateTime = Annotated[
     datetime,
-    AfterValidator(to_utc),
+    AfterValidator(parse_utc),
     PlainSerializer(_serialize_utc, return_type=str, when_used="json"),
 ]
 
@@ -107,4 +116,4 @@ def is_money(metadata: list[Any]) -> bool:
 
 def is_utc_datetime(metadata: list[Any]) -> bool:
     """Whether a field's metadata carries the `UtcDateTime` conversion."""
-    return any(isinstance(m, AfterValidator) and m.func is to_utc for m in metadata)
+    return any(isinstance(m, AfterValidator) and m.func is parse_utc for m in metadata)

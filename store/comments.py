@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -18,6 +19,10 @@ from store.models import AuditEvent, ProcessRow
 
 COMMENT_ACTION = "commented"
 
+# "<version>:<position>", both non-negative and at most a signed 64-bit integer (checked after)
+_CURSOR = re.compile(r"([0-9]{1,19}):([0-9]{1,19})")
+MAX_CURSOR_INT = 2**63 - 1
+
 
 def encode_cursor(row: AuditEvent) -> str:
     """Opaque: url-safe base64 of "<version>:<position>" of the last comment on the page."""
@@ -26,10 +31,16 @@ def encode_cursor(row: AuditEvent) -> str:
 
 def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
-        version, position = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
-        return int(version), int(position)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+        match = _CURSOR.fullmatch(text)
+        if match is None:
+            raise ValueError(text)
+        version, position = int(match.group(1)), int(match.group(2))
+    except (ValueError, UnicodeError, binascii.Error) as exc:
         raise BadCursor("the cursor is not valid") from exc
+    if version > MAX_CURSOR_INT or position > MAX_CURSOR_INT:
+        raise BadCursor("the cursor is not valid")
+    return version, position
 
 
 async def list_comments(

@@ -51,7 +51,8 @@ from domain.tasks import TaskStatus
 from store.db import as_utc
 from store.models import Event, ProcessRow, TaskRow
 
-_EVENT_ID = re.compile(r"^evt_([0-9a-f]{16})([0-9a-f]{16})$")
+_EVENT_ID = re.compile(r"evt_([0-9a-f]{16})([0-9a-f]{16})")
+MAX_CURSOR_INT = 2**63 - 1  # the largest BIGINT
 # view keys that change with every transition and are no change of their own
 _VOLATILE_VIEW_KEYS = frozenset({"updated_at"})
 
@@ -63,10 +64,13 @@ def encode_event_id(txid: int, row_id: int) -> str:
 
 def decode_event_id(event_id: str) -> tuple[int, int] | None:
     """(txid, id) of a public event id, or None if it is not one."""
-    match = _EVENT_ID.match(event_id)
+    match = _EVENT_ID.fullmatch(event_id)
     if match is None:
         return None
-    return int(match.group(1), 16), int(match.group(2), 16)
+    txid, row_id = int(match.group(1), 16), int(match.group(2), 16)
+    if txid > MAX_CURSOR_INT or row_id > MAX_CURSOR_INT:
+        return None  # no row has it, and SQLite/PostgreSQL integers are signed 64-bit
+    return txid, row_id
 
 
 def utc_z(moment: datetime | None) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api import access
 from domain.principal import Principal
 from store.db import as_utc
+from store.lists import BadCursor, cursor_id, cursor_json, cursor_time
 from store.models import ProcessRow, TaskRow
 
 
@@ -88,10 +88,6 @@ class InboxSort(StrEnum):
     created_at_desc = "-created_at"
 
 
-class BadCursor(ValueError):
-    """The cursor is not one this inbox handed out for this sort (→ 400 PF.BAD_REQUEST)."""
-
-
 def encode_cursor(row: TaskRow, sort: InboxSort) -> str:
     """Opaque: url-safe base64 of {"s": sort, "k": the sort key (ISO 8601 UTC or null), "i": id}."""
     key = as_utc(row.created_at if sort.value.lstrip("-") == "created_at" else row.due_at)
@@ -104,13 +100,12 @@ def _family(sort: InboxSort) -> str:
 
 
 def decode_cursor(cursor: str, sort: InboxSort) -> tuple[datetime | None, str]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        key = as_utc(datetime.fromisoformat(raw["k"])) if raw["k"] else None
-        last_id, family = raw["i"], raw["s"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise BadCursor("the cursor is not valid") from exc
-    if family != _family(sort) or not isinstance(last_id, str):
+    raw = cursor_json(cursor)
+    if not isinstance(raw, dict) or not {"k", "i", "s"} <= raw.keys():
+        raise BadCursor("the cursor is not valid")
+    key = cursor_time(raw["k"]) if raw["k"] else None
+    last_id = cursor_id(raw["i"])
+    if raw["s"] != _family(sort):
         raise BadCursor("the cursor belongs to another sort order")
     return key, last_id
 

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,33 @@ from api import access
 from domain.principal import Principal
 from store.db import as_utc
 from store.models import ProcessRow
+
+
+def cursor_json(cursor: str) -> Any:
+    """The JSON inside an opaque cursor (url-safe base64); BadCursor for anything else, never
+    another exception (deep nesting, bad UTF-8, non-base64)."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error, RecursionError) as exc:
+        raise BadCursor("the cursor is not valid") from exc
+
+
+def cursor_time(value: object) -> datetime:
+    """A cursor's ISO time as UTC; BadCursor if it is not one, or is out of range in UTC."""
+    try:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        moment = datetime.fromisoformat(value)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadCursor("the cursor is not valid") from exc
+
+
+def cursor_id(value: object) -> str:
+    """A cursor's row id: a short printable string (NUL would be a 500 on PostgreSQL)."""
+    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
+        raise BadCursor("the cursor is not valid")
+    return value
 
 
 class BadCursor(ValueError):
@@ -50,15 +77,10 @@ def encode_cursor(row: ProcessRow) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """(updated_at, id) of the last row of the previous page; BadCursor if it is not ours."""
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        updated = as_utc(datetime.fromisoformat(raw["u"]))
-        last_id = raw["i"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise BadCursor("the cursor is not valid") from exc
-    if updated is None or not isinstance(last_id, str):
+    raw = cursor_json(cursor)
+    if not isinstance(raw, dict):
         raise BadCursor("the cursor is not valid")
-    return updated, last_id
+    return cursor_time(raw.get("u")), cursor_id(raw.get("i"))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -30,6 +30,7 @@ from domain.values import (
     Money,
     PositiveMoney,
     UtcDateTime,
+    format_money,
     is_money,
     is_utc_datetime,
     parse_money,
@@ -62,13 +63,33 @@ def test_r_x_7_an_accepted_amount_comes_back_in_its_canonical_form(text: str) ->
     assert MONEY.validate_json(answered) == value == Decimal(text)
 
 
-@given(st.text(max_size=30))
+# Any text, and text made of digits of every script (Unicode category Nd, e.g. the fullwidth
+# "\uff11\uff12\uff13") and dots: a `\d` in the pattern let those in, answered as "123.00".
+AMOUNT_LIKE_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=st.one_of(st.characters(categories=["Nd"]), st.just(".")), max_size=18),
+)
+
+
+@given(AMOUNT_LIKE_TEXT)
 def test_r_x_7_no_other_text_is_an_amount(text: str) -> None:
     try:
         value = parse_money(text)
     except ValueError:
         return
-    assert re.fullmatch(MONEY_PATTERN, text) and value == Decimal(text)
+    # an accepted amount is ASCII digits (pattern written out here, not MONEY_PATTERN) and
+    # comes back as the same text: leading zeros dropped, padded to exactly two places
+    assert re.fullmatch(r"[0-9]{1,14}(\.[0-9]{1,2})?", text, re.ASCII), text
+    whole, _, cents = text.partition(".")
+    assert format_money(value) == f"{whole.lstrip('0') or '0'}.{cents.ljust(2, '0')}", text
+
+
+@pytest.mark.parametrize(
+    "text", ["\uff11\uff12\uff13", "\u0661\u0662\u0663", "12.\u0665", "\u0967\u0968\u0969.00"]
+)
+def test_r_x_7_digits_of_other_scripts_are_not_an_amount(text: str) -> None:
+    with pytest.raises(ValidationError):
+        MONEY.validate_python(text)
 
 
 @given(st.one_of(st.integers(), st.floats(), st.booleans()))
@@ -112,6 +133,38 @@ def test_r_x_7_a_time_is_answered_in_utc_as_the_same_instant(moment: datetime) -
     again = TIME.validate_json(f'"{answered}"')
     assert again == moment and again.utcoffset() == timedelta(0)
     assert TIME.dump_json(again).decode().strip('"') == answered
+
+
+@given(
+    st.datetimes(
+        timezones=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+            lambda m: timezone(timedelta(minutes=m))
+        ),
+    )
+)
+@example(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))))
+@example(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-1))))
+def test_r_x_7_any_iso_time_is_a_utc_time_or_a_validation_error(moment: datetime) -> None:
+    """Every year 1..9999 and offset: the same instant in UTC, or (when that instant is before
+    year 1 or after 9999, e.g. `0001-01-01T00:00:00+01:00`) a ValidationError (422), never an
+    OverflowError (a 500)."""
+    try:
+        value = TIME.validate_python(moment.isoformat())
+    except ValidationError:
+        offset = moment.utcoffset()
+        assert offset is not None
+        naive = moment.replace(tzinfo=None)
+        assert naive - datetime.min < offset or datetime.max - naive < -offset
+        return
+    assert value == moment and value.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_r_x_7_a_time_out_of_range_in_utc_is_a_validation_error(text: str) -> None:
+    with pytest.raises(ValidationError):
+        TIME.validate_python(text)
+    with pytest.raises(ValidationError):
+        TIME.validate_json(f'"{text}"')
 
 
 def test_r_x_7_a_naive_time_is_taken_as_utc() -> None:
@@ -182,6 +235,30 @@ def test_r_x_7_every_model_uses_the_canonical_money_and_time_types() -> None:
                 problems.append(f"{where}: Any, where a money or time type belongs")
     assert checked > 100
     assert not problems, "\n".join(problems)
+
+
+def holds_a_time(annotation: Any) -> bool:
+    if annotation is datetime:
+        return True
+    return any(holds_a_time(arg) for arg in typing.get_args(annotation))
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_r_x_7_every_time_field_of_every_model_refuses_a_time_out_of_range(text: str) -> None:
+    """E.g. a task completion's `{"received_at": "0001-01-01T00:00:00+01:00"}` (the incentive
+    invoice check's `qualified`): a ValidationError naming the field (the workflow answers
+    PF.INVALID_DATA), never an OverflowError escaping pydantic (a 500)."""
+    checked = []
+    for model in all_models():
+        for field_name, info in model.model_fields.items():
+            if not holds_a_time(info.annotation):
+                continue
+            key = info.alias or field_name
+            with pytest.raises(ValidationError) as caught:
+                model.model_validate({key: text})
+            assert any(e["loc"][:1] == (key,) for e in caught.value.errors()), (model, key)
+            checked.append(f"{model.__name__}.{field_name}")
+    assert "QualifiedData.received_at" in checked and len(checked) > 20
 
 
 def test_r_x_7_the_registry_check_catches_a_plain_decimal_and_datetime() -> None:

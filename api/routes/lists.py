@@ -87,7 +87,14 @@ def utc(moment: datetime | None) -> datetime | None:
     """R-X-7: a time sent with an offset is converted to UTC; one without is taken as UTC."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ApiError(
+            "PF.VALIDATION_FAILED",
+            "the time is out of range once converted to UTC",
+            {"value": moment.isoformat()},
+        ) from exc
 
 
 def list_route(resource: Resource) -> None:

@@ -23,7 +23,8 @@ from domain.summaries import RESOURCE_OF_PROCESS
 from domain.tasks import ClaimTask, CompleteTask, HumanTask, ReassignTask, UnclaimTask
 from domain.values import UtcDateTime
 from store.db import as_utc
-from store.inbox import BadCursor, InboxFilters, InboxSort, list_tasks, summaries_of
+from store.inbox import InboxFilters, InboxSort, list_tasks, summaries_of
+from store.lists import BadCursor
 from store.models import ProcessRow, TaskRow
 from workflows.human_task import ProcessWorkflow
 
