@@ -18,6 +18,7 @@ from api.errors import ApiError
 from api.frame import command_router
 from api.processes import ProcessGateway
 from api.routes.lists import check_partner_filter, utc
+from domain.events import without_secret_keys
 from domain.principal import Principal
 from domain.summaries import RESOURCE_OF_PROCESS
 from domain.tasks import (
@@ -244,7 +245,7 @@ async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) 
         process = await session.get(ProcessRow, row.process_id)
     return TaskDetail(
         **public(row, process.summary if process else None).model_dump(),
-        process_summary=process.view if process else None,
+        process_summary=without_secret_keys(process.view) if process else None,
     )
 
 
