@@ -41,6 +41,7 @@ from api.idempotency import (
     fingerprint,
     purge_now_and_then,
     scope_of,
+    without_secrets,
 )
 
 COMMAND_METHODS = frozenset({"POST", "PATCH"})
@@ -155,7 +156,9 @@ async def run_idempotent(
         await store.complete(
             scope,
             taken.attempt,
-            StoredAnswer(response.status_code, response.headers.get("content-type"), body),
+            StoredAnswer(
+                response.status_code, response.headers.get("content-type"), without_secrets(body)
+            ),
         )
     else:
         await _settle_failure(store, scope, taken, response.status_code)

@@ -5,8 +5,9 @@ complete`, not the route template: "the same request" names one target), plus th
 in the fingerprint. The record is taken FIRST, in flight, with the request's fingerprint
 (sha256 of method, path, query and the canonical JSON body), then the answer decides:
 
-- 2xx: stored (status, content type and the exact bytes) and replayed byte for byte to the same
-  caller, key and request, with `Idempotent-Replayed: true`, for `idempotency_retention`
+- 2xx: stored (status, content type and the exact bytes, except a one-time `secret`/`token`,
+  which is stored as null: `without_secrets`) and replayed to the same caller, key and
+  request, with `Idempotent-Replayed: true`, for `idempotency_retention`
   (PT24H by default); after that the key is free again.
 - 4xx: released (the record is deleted). Our refusals change nothing (R-X-2), so the client may
   fix the request and retry with the same key.
@@ -116,6 +117,32 @@ class Attempt:
 
     attempt: str
     effect_id: str | None
+
+
+SECRET_FIELDS = frozenset({"secret", "token"})
+SECRET_NOTE = (
+    "shown only in the first answer; it is not kept for replays (rotate it if it was lost)"
+)
+
+
+def without_secrets(body: bytes) -> bytes:
+    """The answer as it is stored for replay: a one-time credential (a top-level `secret` or
+    `token`, e.g. a webhook signing secret or a registration link token) is never written to
+    the idempotency record, so a replay says `null` (with `secret_note`) instead of showing it
+    again for `idempotency_retention`. Other answers are stored byte for byte."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(value, dict):
+        return body
+    hidden = [k for k in SECRET_FIELDS if value.get(k) is not None]
+    if not hidden:
+        return body
+    for k in hidden:
+        value[k] = None
+    value["secret_note"] = SECRET_NOTE
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _now() -> datetime:

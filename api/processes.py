@@ -266,16 +266,32 @@ class ProcessGateway:
         self, workflow_id: str, update: UpdateMethod[C], arg: C, *, target: str, what: str
     ) -> dict[str, Any]:
         """Send `update` (a method reference) to `workflow_id`; its answer as JSON. `target`
-        names what is acted on in the Update id (a task id, or the process id)."""
-        return await send_update(
-            self.temporal,
-            self.settings,
-            workflow_id=workflow_id,
-            update=update,
-            arg=arg,
-            update_id=self.idem.update_id(update_name(update), target),
-            what=what,
-        )
+        names what is acted on in the Update id (a task id, or the process id).
+
+        Temporal answers NOT_FOUND for an Update to a workflow that closed between the route's
+        read and the Update (its message does not always say "completed"): when the read model
+        knows the id, the process exists and is closed, so that is 409 PF.PROCESS_CLOSED, for
+        every process; 404 stays for an id nobody knows."""
+        try:
+            return await send_update(
+                self.temporal,
+                self.settings,
+                workflow_id=workflow_id,
+                update=update,
+                arg=arg,
+                update_id=self.idem.update_id(update_name(update), target),
+                what=what,
+            )
+        except ApiError as exc:
+            if exc.code != "PF.NOT_FOUND":
+                raise
+            async with self.sessions() as session:
+                known = await session.get(ProcessRow, workflow_id)
+            if known is None:
+                raise
+            raise ApiError(
+                "PF.PROCESS_CLOSED", f"{what}: the process is closed", {"id": workflow_id}
+            ) from exc
 
     async def update(
         self,

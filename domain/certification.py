@@ -195,6 +195,8 @@ class AssessmentItem(BaseModel):
 class ReviewDecision(BaseModel):
     """`cert.review` / `decide`: data.items."""
 
+    model_config = ConfigDict(extra="forbid")
+
     items: list[AssessmentItem] = Field(min_length=1, max_length=200)
 
     @model_validator(mode="after")
@@ -217,12 +219,16 @@ class ReviewDecision(BaseModel):
 class DefenseSchedule(BaseModel):
     """`cert.defense` / `schedule`: when (and where) the online defense takes place."""
 
+    model_config = ConfigDict(extra="forbid")
+
     scheduled_at: AwareDatetime
     meeting: Text | None = None
 
 
 class DefenseHeld(BaseModel):
     """`cert.defense` / `held`: the defense took place (at `held_at`, default now)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     held_at: AwareDatetime | None = None
 

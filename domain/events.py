@@ -11,6 +11,7 @@ refused rather than silently delivering nothing.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from domain.certification import CertificationStatus
 from domain.incentives import IncentiveStatus
@@ -64,3 +65,46 @@ def matches(patterns: list[str], event_type: str) -> bool:
     """Whether a subscription's `event_types` select `event_type`."""
     head = event_type.split(".", 1)[0]
     return any(p in ("*", event_type, f"{head}.*") for p in patterns)
+
+
+# --- what an event's `data` may carry ----------------------------------------------------------
+
+# A key named like a credential never leaves in an event (nor a list or read): whoever holds a
+# registration link's token registers through it.
+_SECRET_KEY = ("token", "secret", "password", "credential")
+
+
+def is_secret_key(key: str) -> bool:
+    low = key.lower()
+    return any(part in low for part in _SECRET_KEY)
+
+
+def without_secret_keys(view: dict[str, Any]) -> dict[str, Any]:
+    """`view` without its top-level credential-named keys (`is_secret_key`)."""
+    return {k: v for k, v in view.items() if not is_secret_key(k)}
+
+
+# The task's public shape (api.routes.tasks.TaskPublic without the list's `summary`): what a
+# `task.*` event carries. Never the raw body (reminder and SLA moments, escalation role, data).
+TASK_EVENT_FIELDS: tuple[str, ...] = (
+    "id",
+    "kind",
+    "process",
+    "process_id",
+    "partner_id",
+    "assignee",
+    "candidate_role",
+    "status",
+    "created_at",
+    "due_at",
+    "escalated",
+    "claimed_by",
+    "outcome",
+    "comment",
+    "completed_by",
+)
+
+
+def public_task_data(task: dict[str, Any]) -> dict[str, Any]:
+    """A task (HumanTask as JSON, or a stored event's data) in its public shape."""
+    return {k: task.get(k) for k in TASK_EVENT_FIELDS}

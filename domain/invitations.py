@@ -242,7 +242,10 @@ class CustomerInvitationCreate(BaseModel):
     message: Text | None = None
 
 
-class CustomerInvitationView(BaseModel):
+class CustomerInvitationPublic(BaseModel):
+    """A registration link as reads, lists and events show it: without its `token` (a secret:
+    whoever holds it registers through the link; it is e-mailed to the customer)."""
+
     id: str
     partner_id: str
     email: str
@@ -250,14 +253,20 @@ class CustomerInvitationView(BaseModel):
     message: str | None
     status: CustomerInvitationStatus
     expires_at: UtcDateTime
-    # The registration link is this path plus the token; the partner may copy it from here.
+    # The registration link is this path plus the token (e-mailed; shown once to its creator).
     registration_path: str
-    token: str
     customer_account_id: str | None = None
     registered_at: UtcDateTime | None = None
     invited_by: str
     created_at: UtcDateTime
     updated_at: UtcDateTime
+
+
+class CustomerInvitationView(CustomerInvitationPublic):
+    """The workflow's view, with the `token`: the creator's POST answer shows it once (a replay
+    of that answer does not, `api.idempotency.without_secrets`)."""
+
+    token: str
 
 
 class CustomerInvitationInput(BaseModel):

@@ -108,10 +108,14 @@ Criteria = dict[Code, bool]
 
 
 class ReviewData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     criteria: Criteria = Field(max_length=20)
 
 
 class OptionalReviewData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     criteria: Criteria | None = Field(default=None, max_length=20)
 
 
@@ -128,6 +132,8 @@ def criteria_refusal(criteria: Criteria | None, configured: list[str]) -> dict[s
 
 class DispatchData(BaseModel):
     """R-PO-3: the dispatcher names the PDM, and the PSM (else the policy's `unmatched_psm`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     pdm: Code
     psm: Code | None = None

@@ -268,3 +268,51 @@ def check_unclaim(task: HumanTask | None, kind: TaskKind, cmd: UnclaimTask) -> N
             f"task {task.id} is claimed by {task.claimed_by}; only they or "
             f"{', '.join(sorted(leads))} may give it back",
         )
+
+
+# Bounds of a completion's `data`, checked by the API before anything reaches Temporal: a deeply
+# nested value fails to (de)serialize (the worker's payload converter, pydantic's serializer)
+# long before the body limit is reached.
+DATA_MAX_DEPTH = 8
+DATA_MAX_NODES = 2000
+
+
+def data_shape_error(data: Any) -> str | None:
+    """Why `data` is too deep or too large for a completion, or None. Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > DATA_MAX_NODES:
+            return f"data has more than {DATA_MAX_NODES} values"
+        if isinstance(value, dict | list):
+            if depth > DATA_MAX_DEPTH:
+                return f"data is nested deeper than {DATA_MAX_DEPTH} levels"
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def completion_data_refusal(kind: TaskKind, outcome: str, data: dict[str, Any]) -> Any:
+    """The API's strict check of a completion's `data` (before the Update is sent): None when
+    it is acceptable, else the PF.INVALID_DATA details. An outcome with a data model takes
+    exactly that model (unknown fields refused: the models forbid extras); one without takes
+    only an empty `data`. An unknown outcome is left to the workflow (PF.INVALID_OUTCOME)."""
+    spec = kind.outcomes.get(outcome)
+    if spec is None:
+        return None
+    if spec.data_model is None:
+        if data:
+            return {"errors": [{"loc": ["data", k], "msg": "not expected"} for k in sorted(data)]}
+        return None
+    try:
+        spec.data_model.model_validate(data)
+    except ValidationError as exc:
+        return {
+            "errors": [
+                {"loc": ["data", *(str(p) for p in e["loc"])], "msg": e["msg"]}
+                for e in exc.errors()
+            ]
+        }
+    return None

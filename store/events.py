@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from domain.events import public_task_data, without_secret_keys
 from domain.projection import Transition
 from domain.tasks import TaskStatus
 from store.db import as_utc
@@ -91,8 +92,16 @@ def public_event(row: Event) -> dict[str, Any]:
         "process_id": row.process_id,
         "partner_id": row.partner_id,
         "occurred_at": utc_z(row.occurred_at),
-        "data": row.data,
+        "data": public_data(row.type, row.data),
     }
+
+
+def public_data(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's `data` as it may leave (also for rows written before this rule): a task's
+    public shape for `task.*`, a process view without credential-named keys otherwise."""
+    if type_.startswith("task."):
+        return public_task_data(data)
+    return without_secret_keys(data)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -174,7 +183,10 @@ def events_for(
             "occurred_at": rec.updated_at,
             "data": data,
         }
-        for position, (type_, process, data, audience) in enumerate(types)
+        for position, (type_, process, data, audience) in enumerate(
+            (type_, process, public_data(type_, data), audience)
+            for type_, process, data, audience in types
+        )
     ]
 
 

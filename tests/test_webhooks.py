@@ -570,3 +570,38 @@ async def test_r_x_8_every_subscription_route_is_its_partners_only(
     # and a partner lists only its own subscriptions
     listed = await stack.http.get("/v1/webhook-subscriptions", headers=actors.bright)
     assert sub["id"] not in listed.text
+
+
+async def test_a_replayed_answer_never_shows_a_one_time_secret_again(
+    stack: Stack, subscriptions: list[tuple[str, dict[str, str]]]
+) -> None:
+    """R-X-6 replays the stored answer for 24 h; a signing secret is shown once: every route
+    whose answer makes one (create, rotate-secret) stores `secret: null` (+ `secret_note`) in the
+    idempotency record, and the plaintext is in no record."""
+    actors = Actors(stack)
+    key = {"Idempotency-Key": f"sub-{time.monotonic_ns()}"}
+    body = {"url": f"http://127.0.0.1:{free_port()}/hook/9", "event_types": ["task.*"]}
+    first = await stack.http.post(
+        "/v1/webhook-subscriptions", json=body, headers={**actors.acme, **key}
+    )
+    assert first.status_code == 201, first.text
+    sub = first.json()
+    subscriptions.append((sub["id"], actors.acme))
+    rotate = f"/v1/webhook-subscriptions/{sub['id']}/rotate-secret"
+    rotated = await stack.http.post(rotate, headers={**actors.acme, **key})
+    assert rotated.status_code == 200, rotated.text
+    made = {"create": (first, body, "/v1/webhook-subscriptions"), "rotate": (rotated, None, rotate)}
+    for name, (answer, json_body, path) in made.items():
+        secret = answer.json()["secret"]
+        assert secret.startswith("whsec_"), name
+        again = await stack.http.post(path, json=json_body, headers={**actors.acme, **key})
+        assert again.status_code == answer.status_code, (name, again.text)
+        assert again.headers.get("Idempotent-Replayed") == "true", name
+        assert again.json()["secret"] is None, name
+        assert "secret_note" in again.json(), name
+        assert again.json()["id"] == sub["id"], name
+        async with stack.sessions() as session:
+            from store.models import IdempotencyRecord
+
+            rows = (await session.exec(select(IdempotencyRecord))).all()
+        assert all(secret.encode() not in (r.response or b"") for r in rows), name

@@ -34,6 +34,7 @@ from domain.invitations import (
     AnswerDissociation,
     CustomerInvitationCreate,
     CustomerInvitationInput,
+    CustomerInvitationPublic,
     CustomerInvitationView,
     DissociationCreate,
     DissociationInput,
@@ -106,7 +107,7 @@ async def invite_customer(
     )
 
 
-@router.get("/v1/customer-invitations/{cinv_id}", response_model=CustomerInvitationView)
+@router.get("/v1/customer-invitations/{cinv_id}", response_model=CustomerInvitationPublic)
 async def get_customer_invitation(
     cinv_id: str, principal: CurrentUser, sessions: SessionsDep
 ) -> Any:
@@ -114,10 +115,10 @@ async def get_customer_invitation(
     return row.view
 
 
-@router.post("/v1/customer-invitations/{cinv_id}/register", response_model=CustomerInvitationView)
+@router.post("/v1/customer-invitations/{cinv_id}/register", response_model=CustomerInvitationPublic)
 async def register_customer(
     cinv_id: str, body: RegistrationBody, principal: CurrentUser, processes: Processes
-) -> CustomerInvitationView:
+) -> CustomerInvitationPublic:
     """R-INV-6: the customer, signed in with their own account, registers through the link
     within its validity; the account is associated with the partner."""
     if not principal.has(Role.account):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import BaseModel, Field
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import access
 from api.auth import CurrentUser
@@ -14,7 +17,8 @@ from api.deps import SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
 from domain.principal import Principal, Role
-from store.events import EventScope, decode_event_id, public_event, read_feed
+from store.events import EventScope, decode_event_id, encode_event_id, public_event, read_feed
+from store.models import Event, TaskRow
 
 router = command_router(prefix="/v1/events", tags=["events"])
 
@@ -98,7 +102,34 @@ async def list_events(
     commits later and never repeating one (see `store.events`)."""
     scope = event_scope(principal)
     cursor = parse_cursor(after)
+    items: list[dict[str, Any]] = []
     async with sessions() as session:
-        rows = await read_feed(session, scope, after=cursor, limit=limit)
-    items = [public_event(row) for row in rows]
-    return {"items": items, "next_cursor": items[-1]["id"] if items else after}
+        # Hidden task events are skipped: read on until a page shows something or the feed
+        # ends, so an empty page still means "nothing more for you yet".
+        while True:
+            rows = await read_feed(session, scope, after=cursor, limit=limit)
+            visible = await visible_events(session, principal, rows)
+            items = [public_event(row) for row in visible]
+            if rows and rows[-1].id is not None:
+                cursor = (rows[-1].txid, rows[-1].id)
+            if items or len(rows) < limit:
+                break
+    # The cursor moves past every row read, shown or not.
+    return {
+        "items": items,
+        "next_cursor": encode_event_id(*cursor) if cursor is not None else after,
+    }
+
+
+async def visible_events(
+    session: AsyncSession, principal: Principal, rows: Sequence[Event]
+) -> list[Event]:
+    """`rows` without the task events of tasks the caller may not see: a `task.*` event is
+    shown exactly to who may read the task (`access.may_see_task`, as GET /v1/tasks/{id}), its
+    process's readers are not enough (a PDM does not see a dispatcher's task)."""
+    task_ids = {str(r.data.get("id")) for r in rows if r.type.startswith("task.")}
+    if not task_ids:
+        return list(rows)
+    found = await session.exec(select(TaskRow).where(col(TaskRow.id).in_(sorted(task_ids))))
+    may_see = {t.id for t in found.all() if access.may_see_task(principal, t)}
+    return [r for r in rows if not r.type.startswith("task.") or r.data.get("id") in may_see]

@@ -25,7 +25,7 @@ from api.errors import ApiError
 from api.frame import command_router
 from domain.certification import CertificationView
 from domain.incentives import IncentiveView
-from domain.invitations import CustomerInvitationView, DissociationView, InvitationView
+from domain.invitations import CustomerInvitationPublic, DissociationView, InvitationView
 from domain.opportunity import OpportunityView
 from domain.principal import Principal
 from domain.resellers import ResellerApplicationView
@@ -60,7 +60,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("certification", CertificationView, "certifications"),
     Resource("incentive", IncentiveView, "incentives"),
     Resource("invitation", InvitationView, "invitations"),
-    Resource("customer_invitation", CustomerInvitationView, "customers"),
+    Resource("customer_invitation", CustomerInvitationPublic, "customers"),
     Resource("dissociation", DissociationView, "customers"),
     Resource("reseller_application", ResellerApplicationView, "resellers"),
 )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,9 +18,19 @@ from api.errors import ApiError
 from api.frame import command_router
 from api.processes import ProcessGateway
 from api.routes.lists import check_partner_filter, utc
+from domain.events import without_secret_keys
 from domain.principal import Principal
 from domain.summaries import RESOURCE_OF_PROCESS
-from domain.tasks import ClaimTask, CompleteTask, HumanTask, ReassignTask, UnclaimTask
+from domain.tasks import (
+    ClaimTask,
+    CompleteTask,
+    HumanTask,
+    ReassignTask,
+    TaskKind,
+    UnclaimTask,
+    completion_data_refusal,
+    data_shape_error,
+)
 from domain.values import UtcDateTime
 from store.db import as_utc
 from store.inbox import InboxFilters, InboxSort, list_tasks, summaries_of
@@ -84,6 +94,15 @@ class Completion(BaseModel):
     outcome: str = Field(min_length=1, max_length=32)
     comment: str | None = Field(default=None, max_length=4000)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        """Depth and size bounded (`domain.tasks.data_shape_error`): 422, never a 500."""
+        problem = data_shape_error(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class BulkCompletion(Completion):
@@ -227,8 +246,19 @@ async def get_task(task_id: str, principal: CurrentUser, sessions: SessionsDep) 
         process = await session.get(ProcessRow, row.process_id)
     return TaskDetail(
         **public(row, process.summary if process else None).model_dump(),
-        process_summary=process.view if process else None,
+        process_summary=without_secret_keys(process.view) if process else None,
     )
+
+
+def task_kind_of(row: TaskRow) -> TaskKind | None:
+    """The task's kind as its process workflow declares it (`task_kinds`), from the registry."""
+    from workflows.registry import ALL_WORKFLOWS
+
+    for workflow_cls in ALL_WORKFLOWS:
+        if getattr(workflow_cls, "process", None) == row.process:
+            kinds: dict[str, TaskKind] = workflow_cls.task_kinds  # type: ignore[attr-defined]
+            return kinds.get(row.kind)
+    return None
 
 
 async def _complete_one(
@@ -237,6 +267,13 @@ async def _complete_one(
     row = await load_task(processes.sessions, task_id, principal)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    kind = task_kind_of(row)
+    if kind is not None:
+        refusal = completion_data_refusal(kind, body.outcome, body.data)
+        if refusal is not None:
+            raise ApiError(
+                "PF.INVALID_DATA", f"data for outcome {body.outcome!r} is not valid", refusal
+            )
     # The Update id names the task and the caller (R-X-6): two actors never share a decision.
     return await processes.update_json(
         row.process_id,
