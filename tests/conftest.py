@@ -230,6 +230,10 @@ class ApiServer:
                 port=self.port,
                 log_level="warning",
                 lifespan="on",
+                # Longer than any pause between a test's requests: with uvicorn's 5 s, a pooled
+                # connection the server closes just as the client reuses it is a ReadError (seen
+                # under load in the 50-completion race), which no service change can prevent.
+                timeout_keep_alive=60,
             )
         )
         self.task: asyncio.Task[None] | None = None
