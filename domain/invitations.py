@@ -262,6 +262,14 @@ class CustomerInvitationPublic(BaseModel):
     updated_at: UtcDateTime
 
 
+class CustomerInvitationCreated(CustomerInvitationPublic):
+    """The creator's POST answer: the link's `token`, once. An idempotent replay of that answer
+    carries `token: null` (`api.idempotency` never stores a one-time secret), so the schema
+    says `str | None`."""
+
+    token: str | None = None
+
+
 class CustomerInvitationView(CustomerInvitationPublic):
     """The workflow's view, with the `token`: the creator's POST answer shows it once (a replay
     of that answer does not, `api.idempotency.without_secrets`)."""

@@ -122,7 +122,7 @@ def answered_schemas() -> dict[str, dict[str, Any]]:
 
 
 # Answers that make a credential and show it once to its maker (a replay shows null).
-SHOWN_ONCE = {"WebhookSubscriptionPublic", "CustomerInvitationView"}
+SHOWN_ONCE = {"WebhookSubscriptionPublic", "CustomerInvitationCreated"}
 
 
 def test_no_public_view_or_event_has_a_credential_named_field() -> None:

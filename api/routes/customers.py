@@ -33,6 +33,7 @@ from api.routes.opportunities import History, read_history
 from domain.invitations import (
     AnswerDissociation,
     CustomerInvitationCreate,
+    CustomerInvitationCreated,
     CustomerInvitationInput,
     CustomerInvitationPublic,
     CustomerInvitationView,
@@ -76,7 +77,7 @@ async def load_customer_invitation(
     return access.check_may_see(principal, row, "customer invitation")
 
 
-@router.post("/v1/customer-invitations", status_code=201, response_model=CustomerInvitationView)
+@router.post("/v1/customer-invitations", status_code=201, response_model=CustomerInvitationCreated)
 async def invite_customer(
     body: CustomerInvitationCreate, principal: CurrentUser, processes: Processes
 ) -> CustomerInvitationView:
