@@ -205,6 +205,7 @@ PO_REVIEW = TaskKind(
         "return": OutcomeSpec(comment_required=True, data_model=OptionalReviewData),
     },
     reassign_roles=frozenset({Role.dispatcher, Role.ops_admin}),
+    holder_directory="pdm",  # R-PO-2: reviewed by a PDM the routing table names
 )
 PO_TASK_KINDS = {kind.name: kind for kind in (PO_DISPATCH, PO_REVIEW)}
 

@@ -79,11 +79,16 @@ class OutcomeSpec(BaseModel):
 
 
 class TaskKind(BaseModel):
-    """A kind of task: its outcomes and who may move it to another person."""
+    """A kind of task: its outcomes and who may move it to another person. `holder_directory`:
+    where the people who may hold it are listed, when the service keeps such a list (a
+    `store.directory.DIRECTORIES` key: a po.review is held by a PDM of the routing table);
+    reassigning it to anyone else is 422 PF.PERSON_UNKNOWN. None: no list (reviewers are
+    whoever holds a token with the role)."""
 
     name: str
     outcomes: dict[str, OutcomeSpec]
     reassign_roles: frozenset[Role] = frozenset({Role.ops_admin})
+    holder_directory: str | None = None
 
     model_config = {"arbitrary_types_allowed": True}
 

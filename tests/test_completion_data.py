@@ -247,3 +247,40 @@ async def test_r_x_5_the_workflow_refuses_a_dispatch_to_the_submitter_itself(
     assert isinstance(cause, ApplicationError) and cause.type == "PF.ASSIGNEE_NOT_ELIGIBLE"
     after = len([e async for e in handle.fetch_history_events()])
     assert after == before
+
+
+async def open_review_task(stack: Stack) -> tuple[str, str, str]:
+    """A po.review task (p-acme's PO, routed to pdm-li): (task id, PO id, its submitter)."""
+    po = await submit(stack.http, Actors(stack).acme)
+    assert po["status"] == "in_review", po
+    return po["open_task_id"], po["id"], po["submitted_by"]
+
+
+OPEN_TASK["po.review"] = open_review_task
+# a person each directory of the test deployment lists
+LISTED = {"pdm": "pdm-wang", "psm": "psm-qian"}
+
+
+async def test_a_kind_whose_holders_are_listed_is_reassigned_only_to_a_listed_person(
+    stack: Stack,
+) -> None:
+    """Every task kind of the registry with a `holder_directory` (po.review: PDMs of the routing
+    table): a reassignment to someone the directory does not list is 422 PF.PERSON_UNKNOWN and
+    changes nothing; to a listed person it goes through."""
+    kinds = [spec for _, _, _, spec in CASES if spec.holder_directory is not None]
+    assert {k.name for k in kinds} >= {"po.review"}
+    dispatcher = Actors(stack).dispatcher
+    for kind in {k.name: k for k in kinds}.values():
+        assert kind.holder_directory in DIRECTORIES, kind
+        assert kind.name in OPEN_TASK, f"add a way to open a {kind.name} task to OPEN_TASK"
+        task_id, process_id, _ = await OPEN_TASK[kind.name](stack)
+        handle = stack.client.get_workflow_handle(process_id)
+        before = len([e async for e in handle.fetch_history_events()])
+        url = f"/v1/tasks/{task_id}/reassign"
+        r = await stack.http.post(url, json={"assignee": "nobody-at-all"}, headers=dispatcher)
+        assert r.status_code == 422 and r.json()["error_code"] == "PF.PERSON_UNKNOWN", r.text
+        after = len([e async for e in handle.fetch_history_events()])
+        assert after == before
+        listed = LISTED[kind.holder_directory]
+        r = await stack.http.post(url, json={"assignee": listed}, headers=dispatcher)
+        assert r.status_code == 200, r.text

@@ -462,10 +462,12 @@ async def test_close_dates_at_submission_resubmission_and_patch(stack: Stack) ->
     """Submission and resubmission: not a past day (today anywhere on Earth is fine). PATCH: a
     past day only with a stage, or once the PO is won (OpportunityProgress's docstring)."""
     a = Actors(stack)
-    today = earliest_today().isoformat()
+    # (tomorrow, not today: the test's "today" must not turn into the server's yesterday at
+    # 12:00 UTC; today itself is test_earliest_today_is_the_date_at_utc_minus_12's)
+    soon = (earliest_today() + timedelta(days=1)).isoformat()
     past = (earliest_today() - timedelta(days=3)).isoformat()
-    po = await submit_po(stack.http, a.acme, expected_close_date=today)
-    assert po["expected_close_date"] == today
+    po = await submit_po(stack.http, a.acme, expected_close_date=soon)
+    assert po["expected_close_date"] == soon
     returned = await complete_task(
         stack.http, a.pdm_li, po["open_task_id"], "return", comment="dates?",
         data={"criteria": ALL_PASS},

@@ -374,7 +374,9 @@ async def complete_task(
 async def reassign_task(
     task_id: str, body: Reassignment, principal: CurrentUser, processes: Processes
 ) -> dict[str, Any]:
-    """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
+    """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5).
+    A kind whose holders the service lists (`TaskKind.holder_directory`: po.review, PDMs) goes
+    only to someone listed (422 PF.PERSON_UNKNOWN); R-X-5 is the workflow's check."""
     async with processes.sessions() as session:
         row = await session.get(TaskRow, task_id)
     if row is None:
@@ -382,6 +384,17 @@ async def reassign_task(
     access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    kind = task_kind_of(row)
+    if kind is not None and kind.holder_directory is not None:
+        async with processes.sessions() as session:
+            known = await known_people(session, kind.holder_directory, processes.settings.policy)
+        if body.assignee not in known:
+            raise ApiError(
+                "PF.PERSON_UNKNOWN",
+                f"{body.assignee} is not a known {kind.holder_directory}, who alone hold "
+                f"{kind.name} tasks (the routing table names them; ops add people there)",
+                {"field": "assignee", "person": body.assignee, "known": sorted(known)[:50]},
+            )
     return await processes.update_json(
         row.process_id,
         ProcessWorkflow.reassign_task,
