@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from domain.policy import Policy
+from domain.tasks import TaskKind
 from store.models import RoutingRule
 
 
@@ -43,3 +44,16 @@ async def known_people(session: AsyncSession, directory: str, policy: Policy) ->
     """Everyone `directory` knows (`DIRECTORIES`): the routing table's PDMs, or its PSMs plus
     the policy's `unmatched_psm`. KeyError for a directory nobody registered."""
     return await DIRECTORIES[directory](session, policy)
+
+
+async def unlisted_holder(
+    session: AsyncSession, kind: TaskKind, person: str, policy: Policy
+) -> set[str] | None:
+    """Whether `person` may be given a task of `kind` as the directory sees it: None if they
+    may (or the kind's holders are not listed: `TaskKind.holder_directory` is None), else the
+    people who may (for the refusal, 422 PF.PERSON_UNKNOWN). The API's reassign route and the
+    ops CLI's `reassign` both ask it."""
+    if kind.holder_directory is None:
+        return None
+    known = await known_people(session, kind.holder_directory, policy)
+    return None if person in known else known

@@ -34,7 +34,7 @@ from domain.tasks import (
 )
 from domain.values import UtcDateTime
 from store.db import as_utc
-from store.directory import known_people
+from store.directory import known_people, unlisted_holder
 from store.inbox import InboxFilters, InboxSort, list_tasks, summaries_of
 from store.lists import BadCursor
 from store.models import ProcessRow, TaskRow
@@ -385,10 +385,10 @@ async def reassign_task(
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     kind = task_kind_of(row)
-    if kind is not None and kind.holder_directory is not None:
+    if kind is not None:
         async with processes.sessions() as session:
-            known = await known_people(session, kind.holder_directory, processes.settings.policy)
-        if body.assignee not in known:
+            known = await unlisted_holder(session, kind, body.assignee, processes.settings.policy)
+        if known is not None:
             raise ApiError(
                 "PF.PERSON_UNKNOWN",
                 f"{body.assignee} is not a known {kind.holder_directory}, who alone hold "
