@@ -385,7 +385,8 @@ async def reassign_task(
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
     kind = task_kind_of(row)
-    if kind is not None:
+    # who before what: a caller who may not reassign this kind hears the workflow's 403 first
+    if kind is not None and principal.has(*kind.reassign_roles):
         async with processes.sessions() as session:
             known = await unlisted_holder(session, kind, body.assignee, processes.settings.policy)
         if known is not None:
