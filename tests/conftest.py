@@ -368,6 +368,12 @@ class Stack:
         return {"Authorization": f"Bearer {self.token(sub, roles, partner_id)}"}
 
 
+# Every xdist worker's stacks, the API and worker processes tests start, and any other test run
+# on the machine share the PostgreSQL server's max_connections (100 by default). With the
+# service's pools of 20 (+20 overflow) per engine, two workers and the scale-out test's four
+# processes ran out of slots ("too many clients"); the tests' traffic needs a few each.
+TEST_DB_POOL_SIZE = 5
+
 FAST_POLICY = Policy(
     po_review_sla="PT4S",
     cert_validity="PT30S",
@@ -445,12 +451,13 @@ async def running_stack(
         rate_limit={"requests_per_second": 10_000, "burst": 10_000},
         update_timeout_seconds=20,
         webhooks=FAST_WEBHOOKS,
+        database_pool_size=TEST_DB_POOL_SIZE,
     )
     client = await connect(settings)
     await wait_for_namespace(client)
     api = ApiServer(settings)
     fast_api = ApiServer(settings.model_copy(update={"policy": FAST_POLICY}))
-    engine = create_engine(url)
+    engine = create_engine(url, pool_size=TEST_DB_POOL_SIZE)
     try:
         async with running_worker(settings, client):
             await api.start()

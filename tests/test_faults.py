@@ -26,6 +26,7 @@ from store.migrate import upgrade
 from store.models import AuditEvent, OutboxMessage
 from tests.conftest import (
     ARTIFACTS,
+    TEST_DB_POOL_SIZE,
     ApiServer,
     PostgresDatabases,
     TemporalServer,
@@ -74,6 +75,7 @@ class WorkerProcess:
             "PARTNERFLOW_TEMPORAL_ADDRESS": settings.resolved_temporal_address,
             "PARTNERFLOW_DATABASE_URL": settings.resolved_database_url,
             "PARTNERFLOW_TASK_QUEUE": settings.task_queue,
+            "PARTNERFLOW_DATABASE_POOL_SIZE": str(settings.database_pool_size),
             "PARTNERFLOW_WORKER_METRICS_PORT": "0",  # several workers share this machine
         }
         self.proc: asyncio.subprocess.Process | None = None
@@ -185,6 +187,7 @@ async def _worker_killed_while_the_database_is_away(
         task_queue=f"pf-faults-{uuid.uuid4().hex[:8]}",
         update_timeout_seconds=8,
         rate_limit={"requests_per_second": 10_000, "burst": 10_000},
+        database_pool_size=TEST_DB_POOL_SIZE,
     )
     api_settings = base.model_copy(update={"database_url": direct})
     worker_settings = base.model_copy(update={"database_url": proxied})
