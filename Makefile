@@ -4,24 +4,14 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON := $(shell command -v python3.11 || command -v python3)
 
-.PHONY: install bytecode browser run test lint bench clean
+.PHONY: install browser run test lint bench clean
 
-install: $(VENV)/.installed bytecode
+install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
-
-# Our modules as .pyc beside their sources (__pycache__/, ignored by git). Where
-# PYTHONDONTWRITEBYTECODE is set, nothing writes them at import, and the workflow sandbox
-# re-imports a workflow's modules for every workflow run: without these it compiles their source
-# each time. Writing them here, explicitly, leaves that setting alone for imports; a source
-# changed since is recompiled in memory as usual, so stale files cost time, never correctness.
-BYTECODE_SOURCES := activities api bench domain store workflows cli.py config.py devstack.py \
-	telemetry.py worker.py
-bytecode: $(VENV)/.installed
-	$(PYTHON) -m compileall -q $(BYTECODE_SOURCES)
 
 # tests/test_ui_browser.py drives Debian's chromium (never a downloaded browser). Installed here
 # when missing, where apt-get exists and we are root (CI, the dev machines); otherwise, or if apt
@@ -61,5 +51,3 @@ bench: install
 # Caches and the dev stack's data (.data); the virtualenv stays.
 clean:
 	rm -rf .data test-artifacts .pytest_cache .mypy_cache .ruff_cache build
-	rm -rf __pycache__
-	find $(filter-out %.py,$(BYTECODE_SOURCES)) tests -name __pycache__ -type d -prune -exec rm -rf {} +
