@@ -493,9 +493,10 @@ class StackPool:
 
     pytest keeps one instance of a parametrized fixture at a time: a session-scoped `stack`
     switching from sqlite to postgresql is torn down and, switching back, built again. In one
-    process the suite's order groups the tests by kind, but an xdist worker runs whole files,
-    each with tests of both kinds, and would rebuild its stacks twice per file. The pool keeps
-    both alive, so `stack` only hands out the kind asked for.
+    process the suite's order groups the tests by kind, but an xdist worker runs the tests it is
+    sent in the order they come (whole files of both kinds with `--dist loadfile`), and would
+    rebuild a stack at every switch. The pool keeps both alive, so `stack` only hands out the
+    kind asked for.
     """
 
     def __init__(
