@@ -100,7 +100,7 @@ async def running_worker(
     send_webhooks: bool = True,
 ) -> AsyncIterator[Worker]:
     """A started worker with its activities and (optionally) the outbox and webhook senders."""
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size)
     sessions = session_factory(engine)
     worker = Worker(
         client,
