@@ -30,8 +30,15 @@ browser:
 run: install
 	$(PYTHON) devstack.py
 
+# The suite waits on Temporal round trips far more than it computes, so it runs in
+# PYTEST_WORKERS processes (pytest-xdist), each with its own Temporal dev server and stacks
+# (tests/conftest.py). PYTEST_WORKERS=0 runs it in this one process. `--dist load` hands out
+# runs of neighbouring tests (module fixtures are rarely built twice) and balances test by test:
+# with whole files (loadfile, biggest first) the one-test files that take minutes (Schemathesis,
+# the bench smoke run) would come last and leave the other process idle meanwhile.
+PYTEST_WORKERS ?= 2
 test: lint browser
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist load
 
 lint: install
 	$(VENV)/bin/ruff check .

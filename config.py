@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite under the data dir"
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "PostgreSQL connections each process keeps pooled (as many again may open under a "
+            "burst): every API replica and worker holds up to twice this of max_connections"
+        ),
+    )
     temporal_address: str | None = Field(
         default=None,
         description="host:port of the Temporal frontend; default 127.0.0.1:TEMPORAL_PORT",

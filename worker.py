@@ -7,11 +7,13 @@ get `graceful_shutdown_timeout` to finish, then the process exits.
 from __future__ import annotations
 
 import asyncio
+import compileall
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,6 +25,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import workflows
 from activities.accounts import AccountActivities
 from activities.incentives import IncentiveActivities
 from activities.opportunity_claims import OpportunityClaimActivities
@@ -67,8 +70,25 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
     ]
 
 
+def compile_workflow_modules() -> bool:
+    """Write the bytecode (`__pycache__/*.pyc`) of the `workflows` package where it is missing or
+    older than its source; True when every module has current bytecode afterwards.
+
+    The sandbox re-imports a workflow's module for every new run and for every replay of an
+    evicted one; without bytecode each import compiles the source again, about half of creating
+    a workflow instance (docs/performance.md, issue 11). Python writes no bytecode itself here
+    (`PYTHONDONTWRITEBYTECODE=1` in this environment and in the image), but still reads it. A
+    read-only tree (the image, compiled at build) is left as it is: nothing is raised.
+    """
+    return bool(compileall.compile_dir(Path(workflows.__path__[0]), quiet=2))
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
-    """The sandbox every worker and replayer uses, so a replay runs what production runs."""
+    """The sandbox every worker and replayer uses, so a replay runs what production runs.
+
+    Its workflow modules get their bytecode first (`compile_workflow_modules`)."""
+    if not compile_workflow_modules():
+        log.warning("workflow modules have no current bytecode: each workflow run compiles them")
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
     )
@@ -100,7 +120,7 @@ async def running_worker(
     send_webhooks: bool = True,
 ) -> AsyncIterator[Worker]:
     """A started worker with its activities and (optionally) the outbox and webhook senders."""
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size)
     sessions = session_factory(engine)
     worker = Worker(
         client,

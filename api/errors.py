@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.api.errordetails.v1 import MultiOperationExecutionFailure, WorkflowNotReadyFailure
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -101,15 +102,51 @@ def temporal_errors(what: str) -> Iterator[None]:
             raise ApiError("PF.PROCESS_CLOSED", f"{what}: the process is closed") from exc
         if exc.status is RPCStatusCode.NOT_FOUND:
             raise ApiError("PF.NOT_FOUND", f"{what}: no such process") from exc
-        if exc.status in (
-            RPCStatusCode.UNAVAILABLE,
-            RPCStatusCode.DEADLINE_EXCEEDED,
-            RPCStatusCode.RESOURCE_EXHAUSTED,
-        ):
+        if exc.status in RETRYABLE_RPC_STATUSES:
             raise ApiError(
                 "PF.UNAVAILABLE", f"{what}: Temporal is unavailable", headers={"Retry-After": "5"}
             ) from exc
+        if workflow_not_ready(exc):
+            raise ApiError(
+                "PF.UNAVAILABLE",
+                f"{what}: the process is not ready (its workflow task failed or timed out on a "
+                "busy worker and is being retried); retry later",
+                headers={"Retry-After": "5"},
+            ) from exc
         raise
+
+
+# Temporal's "not now" answers: the same request may succeed later.
+RETRYABLE_RPC_STATUSES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def workflow_not_ready(exc: RPCError) -> bool:
+    """Whether Temporal refused an Update (or update-with-start) because the execution's
+    workflow task keeps failing or timing out (server: WorkflowNotReady, FAILED_PRECONDITION,
+    "Workflow Task in failed state", from the third attempt on). Retryable: once a worker
+    completes the task the same request goes through.
+
+    A plain Update carries `WorkflowNotReadyFailure` in its status details; update-with-start
+    carries it inside `MultiOperationExecutionFailure`, which the SDK re-raises with the outer
+    status only, so the message is the fallback there.
+    """
+    if exc.status is not RPCStatusCode.FAILED_PRECONDITION:
+        return False
+    for detail in exc.grpc_status.details:
+        if detail.Is(WorkflowNotReadyFailure.DESCRIPTOR):
+            return True
+        multi = MultiOperationExecutionFailure()
+        if detail.Unpack(multi) and any(
+            d.Is(WorkflowNotReadyFailure.DESCRIPTOR) for st in multi.statuses for d in st.details
+        ):
+            return True
+    return "workflow task in failed state" in exc.message.lower()
 
 
 # fastapi.routing: the detail of its HTTPException when reading the JSON body fails otherwise

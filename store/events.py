@@ -114,9 +114,11 @@ def _txid_expression(session: AsyncSession) -> Any:
 
 
 def _insert(session: AsyncSession) -> Any:
+    """The dialect's INSERT on the Core table (no ORM value coercion: the rows are built here)."""
+    table = Event.__table__  # type: ignore[attr-defined]
     if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(Event)
-    return sqlite.insert(Event)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def _comparable(view: dict[str, Any] | None) -> dict[str, Any]:

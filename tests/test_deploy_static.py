@@ -378,3 +378,23 @@ def test_helm_key_check_can_fail() -> None:
         "server.frontnd",
         "server.frontnd.replicaCount",
     ]
+
+
+def test_image_compiles_every_source_it_copies() -> None:
+    """Issue 11: the image runs the sources in /app, not pip's compiled copy; the workflow
+    sandbox re-imports a workflow module per run, so each copied source has its bytecode built
+    into the image (before USER: /app is not the runtime user's to write)."""
+    instructions = dockerfile_instructions()
+    copied: set[str] = set()
+    for keyword, arguments in instructions:
+        if keyword == "COPY":
+            *sources, _ = arguments.split()
+            copied |= {s.rstrip("/") for s in sources if s.endswith(".py") or "." not in s}
+    compiles = [i for i, (k, a) in enumerate(instructions) if k == "RUN" and "compileall" in a]
+    assert compiles, "the Dockerfile does not compile the sources it copies"
+    compiled = set(instructions[compiles[-1]][1].split())
+    assert {"workflows", "worker.py"} <= copied
+    assert copied - compiled == set(), "copied but not compiled into the image"
+    last_copy = max(i for i, (k, _) in enumerate(instructions) if k == "COPY")
+    user = max(i for i, (k, _) in enumerate(instructions) if k == "USER")
+    assert last_copy < compiles[-1] < user

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from domain.projection import Notification, ProcessRecord, Transition
 from store.db import as_utc, transaction
 from store.models import OutboxMessage
 from store.readmodel import apply_transition, notification_key
+from tests.conftest import eventually, free_port
 
 MAIL_FROM = "partnerflow@partners.example"
 MAIL_DOMAIN = "partners.example"
@@ -60,14 +60,6 @@ class Inbox:
 
     def message_ids(self) -> list[str]:
         return [str(r.message["Message-ID"]) for r in self.received]
-
-
-def free_port() -> int:
-    """A port nothing listens on (the OS just handed it out and we closed it again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -291,12 +283,10 @@ async def test_r_x_4_the_sender_loop_delivers_until_stopped(
             transition("po-500", 1, Notification(recipient="pdm.sun", subject="Hi", body="b")),
         )
 
-        for _ in range(500):  # polls the state for up to ~10 s; done as soon as it holds
-            if [r.status for r in await outbox_rows(sessions)] == ["sent"]:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            pytest.fail("the loop did not deliver the notification")
+        async def sent() -> bool:
+            return [r.status for r in await outbox_rows(sessions)] == ["sent"]
+
+        await eventually(sent, what="the loop to deliver the notification")
     finally:
         stop.set()
         await asyncio.wait_for(loop, timeout=10)

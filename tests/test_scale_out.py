@@ -35,6 +35,7 @@ from config import Settings
 from store.migrate import upgrade
 from tests.conftest import (
     ARTIFACTS,
+    TEST_DB_POOL_SIZE,
     PostgresDatabases,
     TemporalServer,
     _pg_conninfo,
@@ -70,6 +71,7 @@ def child_env(settings: Settings, redis_prefix: str, **extra: str) -> dict[str, 
         PARTNERFLOW_DATABASE_URL=settings.resolved_database_url,
         PARTNERFLOW_TEMPORAL_ADDRESS=settings.resolved_temporal_address,
         PARTNERFLOW_TASK_QUEUE=settings.task_queue,
+        PARTNERFLOW_DATABASE_POOL_SIZE=str(TEST_DB_POOL_SIZE),
         PARTNERFLOW_JWT_SECRET=settings.jwt_secret,
         PARTNERFLOW_UPDATE_TIMEOUT_SECONDS="20",
         PARTNERFLOW_RATE_LIMIT__STORAGE_URL=REDIS_URL,
