@@ -40,10 +40,12 @@ from temporalio.worker import Replayer
 import workflows
 from api.errors import ApiError
 from api.processes import send_update
+from api.routes.tasks import task_kind_of
 from config import Settings, get_settings
 from domain.principal import Principal, Role
 from domain.tasks import ReassignTask
 from store.db import as_utc, create_engine, session_factory, transaction
+from store.directory import unlisted_holder
 from store.models import OutboxMessage, TaskRow
 from store.ops import notifications_of, overdue_tasks
 from worker import connect, workflow_runner
@@ -129,6 +131,15 @@ async def reassign(args: argparse.Namespace, settings: Settings) -> int:
         raise Refused(f"no task {args.task}")
     if row.status != "open":
         raise Refused(f"task {args.task} is {row.status}; only open tasks move")
+    kind = task_kind_of(row)
+    if kind is not None:
+        async with read_model(settings) as sessions, sessions() as session:
+            known = await unlisted_holder(session, kind, args.to, settings.policy)
+        if known is not None:
+            raise Refused(
+                f"PF.PERSON_UNKNOWN: {args.to} is not a known {kind.holder_directory} "
+                f"(known: {', '.join(sorted(known)[:20])})"
+            )
     client = await temporal(settings)
     try:
         view = await send_update(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
 import jwt
 from fastapi import Depends, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import ApiError
 from domain.principal import Principal, Role
@@ -30,28 +31,76 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+# The partner ids `PUT /v1/admin/partners/{partner_id}` takes.
+PARTNER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_EDGE_SPACE_OR_CONTROL = re.compile(r"^\s|\s$|[\x00-\x1f\x7f]")
+
+
+class TokenClaims(BaseModel):
+    """The claims of a verified token we act on (DESIGN §3), each refused (401
+    PF.UNAUTHENTICATED) when degenerate, so no caller is an empty or blank somebody:
+
+    - `sub` (required): 1..128 characters, no space at either end, no control character;
+    - `roles` (required): a JSON list of distinct known role names (`domain.principal.Role`);
+      a string, a number or an unknown role is refused; `[]` is a caller without powers (403
+      wherever a role is needed);
+    - `partner_id`: absent or null for staff; else a partner id as the admin routes take it
+      (`PARTNER_ID_PATTERN`): `""`, spaces or `42` are refused, never read as "no partner".
+
+    `exp` (required), `iat` and `nbf` are PyJWT's: integers, checked with the leeway. Other
+    claims are not read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sub: str = Field(min_length=1, max_length=128)
+    roles: list[Role] = Field(max_length=len(Role))
+    partner_id: str | None = Field(default=None, pattern=PARTNER_ID_PATTERN)
+
+    @field_validator("sub")
+    @classmethod
+    def _sub_is_a_name(cls, sub: str) -> str:
+        if _EDGE_SPACE_OR_CONTROL.search(sub):
+            raise ValueError("sub has a space at an end or a control character")
+        return sub
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_distinct(cls, roles: list[Role]) -> list[Role]:
+        if len(set(roles)) != len(roles):
+            raise ValueError("roles are listed more than once")
+        return roles
+
+
 def principal_from_token(token: str, secret: str, *, leeway_seconds: float = 30.0) -> Principal:
-    """The caller named by a verified HS256 token. `exp` and `sub` are required; `iat`, `nbf`
-    and `exp` are checked with `leeway_seconds` of clock skew (setting `jwt_leeway`, PT30S).
-    Raises 401 `PF.UNAUTHENTICATED`."""
+    """The caller named by a verified HS256 token. `exp`, `sub` and `roles` are required; `iat`,
+    `nbf` and `exp` are checked with `leeway_seconds` of clock skew (setting `jwt_leeway`,
+    PT30S); the claims read are `TokenClaims`. Raises 401 `PF.UNAUTHENTICATED`."""
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"]},
+            options={"require": ["sub", "exp", "roles"]},
             leeway=leeway_seconds,
         )
     except jwt.ExpiredSignatureError as exc:
         raise ApiError("PF.UNAUTHENTICATED", "the token has expired") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise ApiError("PF.UNAUTHENTICATED", f"the token has no {exc.claim} claim") from exc
     except jwt.PyJWTError as exc:
         raise ApiError("PF.UNAUTHENTICATED", "the token is not valid") from exc
     try:
-        return Principal(
-            sub=claims["sub"], roles=claims.get("roles", []), partner_id=claims.get("partner_id")
-        )
-    except (ValidationError, TypeError) as exc:
-        raise ApiError("PF.UNAUTHENTICATED", "the token's claims are not valid") from exc
+        read = TokenClaims.model_validate(claims)
+    except ValidationError as exc:
+        raise ApiError(
+            "PF.UNAUTHENTICATED",
+            "the token's claims are not valid",
+            [
+                {"loc": ["token", *(str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_input=False, include_url=False)
+            ],
+        ) from exc
+    return Principal(sub=read.sub, roles=read.roles, partner_id=read.partner_id)
 
 
 def current_user(request: Request) -> Principal:

@@ -5,8 +5,9 @@ It gives every route, once:
 - for POST and PATCH, exact idempotency (R-X-6, `api.idempotency`): the `Idempotency-Key`
   header is declared, the record is taken before the handler runs and completed with the
   handler's answer; the handler sees it as `Idem` (`api.deps`);
-- for POST and PATCH whose body fields are all optional, no body at all is the empty object
-  (DESIGN §3: "a POST whose body fields are all optional accepts no body").
+- for a body whose fields are all optional (POST, PATCH, PUT), no body at all is the empty object
+  (DESIGN §3: "a POST whose body fields are all optional accepts no body"), and the OpenAPI
+  says so (`requestBody.required: false`, `api.openapi`).
 
 So a handler is: parse (its body model), authorize (`CurrentUser` + a check), one call
 (`Processes`, the process gateway), map the result; it refuses by raising `ApiError`.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any, get_args
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,13 +62,22 @@ def idempotency_key_header(idempotency_key: IdempotencyKey = None) -> None:
     guard itself is `api.deps.Idem`."""
 
 
-def _optional_body_model(route: APIRoute) -> bool:
-    """Whether the route's body is one model whose fields are all optional."""
+def body_models(route: APIRoute) -> list[type[BaseModel]]:
+    """The models a route's body is (one model, or `Model | None`); [] for no body or a body
+    that is not a model (a list of rules)."""
     if route.body_field is None:
-        return False
+        return []
     annotation = route.body_field.field_info.annotation
-    candidates = [annotation, *get_args(annotation)]
-    models = [c for c in candidates if inspect.isclass(c) and issubclass(c, BaseModel)]
+    is_union = get_origin(annotation) in (Union, UnionType)
+    candidates = list(get_args(annotation)) if is_union else [annotation]
+    return [c for c in candidates if inspect.isclass(c) and issubclass(c, BaseModel)]
+
+
+def optional_body_model(route: APIRoute) -> bool:
+    """Whether the route's body is one model whose fields are all optional: then no body at all
+    is the empty object (DESIGN §3), and the OpenAPI says `requestBody.required: false`
+    (`api.openapi`)."""
+    models = body_models(route)
     return bool(models) and all(
         not f.is_required() for m in models for f in m.model_fields.values()
     )
@@ -99,13 +110,16 @@ class CommandRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if not (self.methods or set()) & COMMAND_METHODS:
+        is_command = bool((self.methods or set()) & COMMAND_METHODS)
+        empty_is_object = optional_body_model(self)  # any method with a body (PUT too)
+        if not is_command and not empty_is_object:
             return handler
-        empty_is_object = _optional_body_model(self)
 
         async def framed(request: Request) -> Response:
             if empty_is_object and not (await request.body()).strip():
                 request = _with_body(request, b"{}")
+            if not is_command:
+                return await handler(request)
             return await run_idempotent(request, handler)
 
         return framed

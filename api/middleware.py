@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-import jwt
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -20,7 +19,8 @@ from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import envelope
+from api.auth import principal_from_token
+from api.errors import ApiError, envelope
 from config import RateLimit
 from telemetry import REQUEST_ID
 
@@ -83,9 +83,10 @@ class RateLimiter:
 class GuardMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware buffering), before authentication: refuses callers over
     their rate with 429 + Retry-After (keyed by the bearer's verified `sub`, else the client
-    address, so rotating invalid tokens does not escape it) and bodies over `max_body_bytes`
-    with 413 — whether announced by Content-Length or streamed chunked — and records request
-    metrics. Both refusals are in the error envelope."""
+    address, so rotating invalid tokens does not escape it), bodies over `max_body_bytes`
+    with 413 — whether announced by Content-Length or streamed chunked —, a single-valued
+    header sent twice with 400 (`repeated_single_headers`) and control characters with 422;
+    records request metrics. Every refusal is in the error envelope, before any handler runs."""
 
     def __init__(
         self,
@@ -117,6 +118,8 @@ class GuardMiddleware:
 
         try:
             rejection = await self._reject(scope)
+            if rejection is None:
+                rejection = repeated_single_headers(scope)
             if rejection is None:
                 rejection = control_characters_in_url(scope)
             if rejection is None:
@@ -160,16 +163,12 @@ class GuardMiddleware:
         """`sub:<sub>` for a bearer that verifies, else `addr:<client address>`."""
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip() and self.jwt_secret:
-            try:
-                claims = jwt.decode(
-                    token.strip(),
-                    self.jwt_secret,
-                    algorithms=["HS256"],
-                    options={"require": ["sub", "exp"]},
-                    leeway=self.jwt_leeway_seconds,
+            try:  # the same check as authentication: a degenerate token is no caller
+                principal = principal_from_token(
+                    token.strip(), self.jwt_secret, leeway_seconds=self.jwt_leeway_seconds
                 )
-                return f"sub:{claims['sub']}"
-            except (jwt.PyJWTError, KeyError):
+                return f"sub:{principal.sub}"
+            except ApiError:
                 pass
         client = scope.get("client")
         return f"addr:{client[0] if client else 'unknown'}"
@@ -194,6 +193,39 @@ class GuardMiddleware:
         body = b"".join(chunks)
         whole = {"type": "http.request", "body": body, "more_body": False}
         return _replay([whole], receive), False, body
+
+
+# Headers we read that carry ONE value. Sent twice, which one counts depends on who reads it (the
+# rate limiter reads the last, the auth the first), so the request is refused (400): the
+# Idempotency-Key is a single sf-string (draft-ietf-httpapi-idempotency-key-header), and
+# Authorization, Content-Type and Host are singletons (RFC 9110 §5.3, RFC 9112 §3.2).
+# Content-Length is the HTTP server's (h11 refuses conflicting ones before we see them).
+SINGLE_VALUED_HEADERS: tuple[str, ...] = (
+    "authorization",
+    "idempotency-key",
+    "content-type",
+    "host",
+    "x-request-id",
+)
+
+
+def repeated_single_headers(scope: Scope) -> Any:
+    """The refusal (400 PF.BAD_REQUEST, naming the headers) of a request that sends a
+    single-valued header (`SINGLE_VALUED_HEADERS`) on more than one line; None otherwise."""
+    seen: dict[bytes, int] = {}
+    for name, _ in scope.get("headers") or []:
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+    repeated = [h for h in SINGLE_VALUED_HEADERS if seen.get(h.encode(), 0) > 1]
+    if not repeated:
+        return None
+    return envelope(
+        "PF.BAD_REQUEST",
+        f"{', '.join(repeated)} must be sent once",
+        [
+            {"loc": ["header", name], "msg": "sent more than once", "type": "repeated_header"}
+            for name in repeated
+        ],
+    )
 
 
 # C0 control characters other than TAB, LF and CR. PostgreSQL refuses NUL in text and jsonb (a

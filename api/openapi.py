@@ -4,14 +4,20 @@ error status a route can answer declared with the error envelope's schema.
 
 Operation ids come from `operation_id` (FastAPI's `generate_unique_id_function`); route names
 are unique across the app (tests/test_openapi.py checks), so ids are too.
+
+A body is `required` exactly when its model has a required field: a route whose body fields are
+all optional accepts no body at all (DESIGN §3, `api.frame.optional_body_model`), and says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+
+from api.frame import optional_body_model
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
 
@@ -38,6 +44,34 @@ def operation_id(route: APIRoute) -> str:
     """`submit_opportunity` → `submitOpportunity`."""
     head, *rest = route.name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def route_table(routes: Iterable[Any]) -> Iterator[tuple[APIRoute, str]]:
+    """Every APIRoute of `routes` (an app's or a router's) with its full path. FastAPI >= 0.16x
+    keeps included routers whole: their routes are reached through `effective_candidates`."""
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            for candidate in route.effective_candidates():
+                if hasattr(candidate, "effective_candidates"):
+                    yield from route_table([candidate])
+                elif isinstance(candidate.original_route, APIRoute):
+                    yield candidate.original_route, candidate.path
+        elif isinstance(route, APIRoute):
+            yield route, route.path
+
+
+def _declare_optional_bodies(schema: dict[str, Any], app: FastAPI) -> dict[str, Any]:
+    """`requestBody.required` is false for exactly the routes whose body model has no required
+    field (the frame turns no body into `{}` for them), true for every other body."""
+    optional = {
+        operation_id(route) for route, _ in route_table(app.routes) if optional_body_model(route)
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            body = operation.get("requestBody")
+            if body is not None:
+                body["required"] = operation.get("operationId") not in optional
+    return schema
 
 
 def _declare_errors(schema: dict[str, Any]) -> dict[str, Any]:
@@ -76,10 +110,11 @@ def _declare_errors(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Serve the document with every error declared (see `V1_ERRORS`)."""
+    """Serve the document with every error declared (see `V1_ERRORS`) and optional bodies
+    marked so."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        return _declare_errors(build())
+        return _declare_optional_bodies(_declare_errors(build()), app)
 
     app.openapi = openapi  # type: ignore[method-assign]

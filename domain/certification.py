@@ -19,13 +19,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
 from domain.policy import Policy, add_duration, subtract_duration
 from domain.principal import Role
 from domain.tasks import CarriedProcess, Command, OutcomeSpec, TaskKind
-from domain.values import UtcDateTime
+from domain.values import UtcDateTime, url_credentials_refusal
 
 SUBJECT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Subject = Annotated[str, StringConstraints(pattern=SUBJECT_PATTERN)]
@@ -82,12 +83,42 @@ class Evidence(BaseModel):
     description: Text | None = None
 
 
-class CertificationCreate(BaseModel):
-    """What a partner may send (R-CERT-1, R-CERT-2). Unknown fields (status, partner_id, …) are
-    ignored."""
+def _evidence_without_credentials(evidence: list[Evidence]) -> list[Evidence]:
+    """Refuse (ValueError, 422) an evidence URL carrying credentials (`user:pass@host`)."""
+    for index, item in enumerate(evidence):
+        why = url_credentials_refusal(item.url) if item.url else None
+        if why is not None:
+            raise ValueError(f"evidence[{index}].url: {why}")
+    return evidence
+
+
+class CertificationFields(BaseModel):
+    """A certification request (R-CERT-1, R-CERT-2) as its workflow keeps it (input, history):
+    tolerant (unknown fields ignored, no new checks), so histories recorded under older rules
+    still decode. What a partner may send is `CertificationCreate`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: CertificationKind
+    subject: Subject
+    level: Literal[1, 2] | None = None
+    evidence: list[Evidence] = Field(min_length=1, max_length=50)
+
+    @model_validator(mode="after")
+    def _level_is_for_labels(self) -> Self:
+        if self.kind is CertificationKind.capability_label and self.level is None:
+            raise ValueError("a capability label needs its level: 1 or 2")
+        if self.kind is not CertificationKind.capability_label and self.level is not None:
+            raise ValueError("level is only for capability labels")
+        return self
+
+
+class CertificationCreate(CertificationFields):
+    """What a partner may send (R-CERT-1, R-CERT-2). An unknown field (status, partner_id, a
+    typo) is refused with 422 naming it; so is an evidence URL carrying credentials."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -105,18 +136,7 @@ class CertificationCreate(BaseModel):
         },
     )
 
-    kind: CertificationKind
-    subject: Subject
-    level: Literal[1, 2] | None = None
-    evidence: list[Evidence] = Field(min_length=1, max_length=50)
-
-    @model_validator(mode="after")
-    def _level_is_for_labels(self) -> Self:
-        if self.kind is CertificationKind.capability_label and self.level is None:
-            raise ValueError("a capability label needs its level: 1 or 2")
-        if self.kind is not CertificationKind.capability_label and self.level is not None:
-            raise ValueError("level is only for capability labels")
-        return self
+    check_evidence_urls = field_validator("evidence")(_evidence_without_credentials)
 
 
 class RecertificationCreate(BaseModel):
@@ -138,6 +158,8 @@ class RecertificationCreate(BaseModel):
 
     evidence: list[Evidence] = Field(min_length=1, max_length=50)
     comment: Text | None = None
+
+    check_evidence_urls = field_validator("evidence")(_evidence_without_credentials)
 
 
 class DefenseRequestCreate(BaseModel):
@@ -344,7 +366,7 @@ class CertificationCarried(CarriedProcess):
 class CertificationInput(BaseModel):
     partner_id: str
     submitted_by: str
-    certification: CertificationCreate
+    certification: CertificationFields
     policy: Policy
     carried: CertificationCarried | None = None
 

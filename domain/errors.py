@@ -78,6 +78,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.SEPARATION_OF_DUTIES": 403,
     # R-X-5: a task is reassigned only to someone who may act on it
     "PF.ASSIGNEE_NOT_ELIGIBLE": 422,
+    # an outcome names someone the service does not know in that capacity (store.directory)
+    "PF.PERSON_UNKNOWN": 422,
     # association invitations, customer invitations, dissociations (R-INV-*)
     "PF.ACCOUNT_NOT_FOUND": 422,
     "PF.ACCOUNT_ENTERPRISE_VERIFIED": 422,

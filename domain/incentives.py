@@ -85,28 +85,12 @@ _SOURCE_FIELDS: dict[IncentiveSource, tuple[str, ...]] = {
 }
 
 
-class IncentiveCreate(BaseModel):
-    """An application (R-INC-1): its source, what identifies the source, the amount asked for."""
+class IncentiveFields(BaseModel):
+    """An application (R-INC-1) as its workflow keeps it (input, history): tolerant (unknown
+    fields ignored, no new checks), so histories recorded under older rules still decode. What
+    a partner may send is `IncentiveCreate`."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {"source": "opportunity", "opportunity_id": "po-0a1b2c", "amount": "120000.00"},
-                {
-                    "source": "capability_label",
-                    "certification_id": "cert-p-x",
-                    "amount": "50000.00",
-                },
-                {
-                    "source": "funding_head",
-                    "person": "emp-20931",
-                    "project": "Lakeside warehouse migration",
-                    "amount": "30000.00",
-                },
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="ignore")
 
     source: IncentiveSource
     opportunity_id: Ref | None = None
@@ -145,17 +129,45 @@ class IncentiveCreate(BaseModel):
         return value
 
 
-class IncentiveResubmission(BaseModel):
-    """After a return (R-INC-5): the amount may change; the source may not."""
+class IncentiveCreate(IncentiveFields):
+    """What a partner may send (R-INC-1): its source, what identifies the source, the amount
+    asked for. An unknown field (a typo, `status`) is refused with 422 naming it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"source": "opportunity", "opportunity_id": "po-0a1b2c", "amount": "120000.00"},
+                {
+                    "source": "capability_label",
+                    "certification_id": "cert-p-x",
+                    "amount": "50000.00",
+                },
+                {
+                    "source": "funding_head",
+                    "person": "emp-20931",
+                    "project": "Lakeside warehouse migration",
+                    "amount": "30000.00",
+                },
+            ]
+        },
+    )
+
+
+class IncentiveResubmission(BaseModel):
+    """After a return (R-INC-5): the amount may change; the source may not (an unknown field,
+    `source` included, is refused with 422)."""
+
+    model_config = ConfigDict(extra="forbid")
     amount: Amount
     comment: str | None = Field(default=None, max_length=4000)
 
 
 class InvoiceSubmission(BaseModel):
+    """R-INC-7: the number of the invoice the partner issued; nothing else (422)."""
+
     model_config = ConfigDict(
-        extra="ignore", json_schema_extra={"examples": [{"invoice_number": "44031234"}]}
+        extra="forbid", json_schema_extra={"examples": [{"invoice_number": "44031234"}]}
     )
     invoice_number: InvoiceNumber
 
@@ -225,7 +237,7 @@ class IncentiveInput(BaseModel):
     incentive_id: str
     partner_id: str
     submitted_by: str
-    application: IncentiveCreate
+    application: IncentiveFields
     cap: Amount
     program: str
     applied_month: str
@@ -394,7 +406,7 @@ class SourceFacts(BaseModel):
 
 
 def eligibility_refusal(
-    app: IncentiveCreate,
+    app: IncentiveFields,
     facts: SourceFacts,
     *,
     partner_id: str,
@@ -458,7 +470,7 @@ def eligibility_refusal(
     return None
 
 
-def cap_of(app: IncentiveCreate, facts: SourceFacts, policy: Policy) -> CapDecision:
+def cap_of(app: IncentiveFields, facts: SourceFacts, policy: Policy) -> CapDecision:
     """R-INC-2: the application's reference maximum from the policy's table (see `cap_for`;
     a service partner's from its valid level-2 labels, else the cited level-1 label)."""
     cert = facts.certification if app.source is IncentiveSource.capability_label else None
@@ -493,7 +505,7 @@ def cap_refusal(amount: Decimal, decision: CapDecision) -> Refusal | None:
     return None
 
 
-def _wrong_kind(app: IncentiveCreate, facts: SourceFacts, needed: str) -> Refusal:
+def _wrong_kind(app: IncentiveFields, facts: SourceFacts, needed: str) -> Refusal:
     return Refusal(
         code="PF.PARTNER_KIND_NOT_ELIGIBLE",
         message=f"{app.source.value} incentives are for {needed} partners; this partner is "
@@ -502,14 +514,14 @@ def _wrong_kind(app: IncentiveCreate, facts: SourceFacts, needed: str) -> Refusa
     )
 
 
-def _not_found(app: IncentiveCreate) -> Refusal:
+def _not_found(app: IncentiveFields) -> Refusal:
     return Refusal(
         code="PF.INCENTIVE_SOURCE_NOT_FOUND",
         message=f"no {app.source.value} {app.source_ref}",
     )
 
 
-def _not_owned(app: IncentiveCreate) -> Refusal:
+def _not_owned(app: IncentiveFields) -> Refusal:
     return Refusal(
         code="PF.INCENTIVE_SOURCE_NOT_OWNED",
         message=f"{app.source.value} {app.source_ref} belongs to another partner",
@@ -524,7 +536,7 @@ def business_key(text: str) -> str:
     return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
-def source_key(app: IncentiveCreate) -> str:
+def source_key(app: IncentiveFields) -> str:
     """The source as claims and the read model's `match_key` name it (R-INC-3: the project)."""
     funding_head = app.source is IncentiveSource.funding_head
     ref = business_key(app.source_ref) if funding_head else app.source_ref
@@ -541,7 +553,7 @@ def invoice_list_for(
     incentive_id: str,
     partner_id: str,
     partner_name: str | None,
-    app: IncentiveCreate,
+    app: IncentiveFields,
     source_details: dict[str, Any],
     amount: Decimal,
     issued_at: datetime,

@@ -143,8 +143,10 @@ class InvitationStatus(StrEnum):
 
 
 class InvitationCreate(BaseModel):
+    """R-INV-1: the personal account to invite; an unknown field is refused with 422."""
+
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [{"account_id": "acct-1", "message": "Join Acme's partner team"}]
         },
@@ -221,8 +223,10 @@ class CustomerInvitationStatus(StrEnum):
 
 
 class CustomerInvitationCreate(BaseModel):
+    """R-INV-6: whom to send a registration link; an unknown field is refused with 422."""
+
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -328,8 +332,10 @@ class DissociationStatus(StrEnum):
 
 
 class DissociationCreate(BaseModel):
+    """R-INV-6: the customer account to dissociate and why; an unknown field is refused (422)."""
+
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [{"account_id": "acct-1", "reason": "The customer moved to a new region"}]
         },

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.policy import Policy
 from domain.principal import Role
-from domain.tasks import Command, OutcomeSpec, TaskKind
-from domain.values import Money, PositiveMoney, UtcDateTime
+from domain.tasks import Command, NamesPerson, OutcomeSpec, TaskKind
+from domain.values import CalendarDate, Money, NotPastDate, PositiveMoney, UtcDateTime
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -57,11 +57,35 @@ STAGE_MOVES: dict[OpportunityStatus, frozenset[OpportunityStatus]] = {
 }
 
 
-class OpportunityCreate(BaseModel):
-    """What a partner may send (R-PO-1). Unknown fields such as status or partner_id are ignored."""
+class OpportunityFields(BaseModel):
+    """A PO's fields (R-PO-1) as its workflow keeps them: in its input, its resubmissions and its
+    history. Tolerant on purpose (unknown fields ignored, no check that depends on the clock), so
+    a history recorded before a field was dropped or a rule tightened still decodes. What a
+    partner may SEND is `OpportunityCreate`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_name: Name
+    project_name: Name
+    offerings: list[Code] = Field(default_factory=list, max_length=50)
+    amount: Amount
+    region: Code | None = None
+    industry: Code | None = None
+    expected_close_date: date
+
+
+class OpportunityCreate(OpportunityFields):
+    """What a partner may send (R-PO-1), at submission and resubmission. An unknown field (a
+    typo such as `amout`, or `status`, `partner_id`) is refused with 422 naming it.
+
+    `expected_close_date` is a day (`YYYY-MM-DD`; a time or a number is refused) that is not
+    over yet: a PO expected to close yesterday is a data-entry error when it is submitted or
+    resubmitted for review (a returned PO whose date has passed meanwhile must be corrected).
+    "Yesterday" is judged for the caller's benefit: a day still current anywhere on Earth
+    (`domain.values.earliest_today`) is accepted, so no time zone sees today refused."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -77,22 +101,14 @@ class OpportunityCreate(BaseModel):
         },
     )
 
-    customer_name: Name
-    project_name: Name
-    offerings: list[Code] = Field(default_factory=list, max_length=50)
-    amount: Amount
-    region: Code | None = None
-    industry: Code | None = None
-    expected_close_date: date
+    expected_close_date: NotPastDate
 
 
-class OpportunityProgress(BaseModel):
-    """PATCH body (R-PO-9, R-PO-11): stage and the editable fields, all optional."""
+class OpportunityProgressFields(BaseModel):
+    """A progress update (R-PO-9, R-PO-11) as the workflow keeps it (tolerant, as
+    `OpportunityFields`). What a partner may send is `OpportunityProgress`."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={"examples": [{"stage": "won", "amount": "1300000.00"}]},
-    )
+    model_config = ConfigDict(extra="ignore")
 
     stage: Literal["won", "lost", "delivered"] | None = None
     customer_name: Name | None = None
@@ -100,6 +116,40 @@ class OpportunityProgress(BaseModel):
     offerings: list[Code] | None = Field(default=None, max_length=50)
     amount: Amount | None = None
     expected_close_date: date | None = None
+
+
+class OpportunityProgress(OpportunityProgressFields):
+    """PATCH body (R-PO-9, R-PO-11): stage and the editable fields, all optional (at least one
+    must be sent); an unknown field is refused with 422.
+
+    `expected_close_date` is a day (`YYYY-MM-DD`). It may be in the past when the PATCH records
+    a stage (won, lost, delivered: the date says when the deal actually closed, which is often
+    entered late) or the PO is already won (its deal is closed; correcting the date corrects
+    history). On an approved PO still open, a past date is a data-entry error (422), judged as at
+    submission (`domain.values.earliest_today`). The route applies this
+    (`progress_close_date_refusal`): it needs the PO's status."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"stage": "won", "amount": "1300000.00"}]},
+    )
+
+    expected_close_date: CalendarDate | None = None
+
+
+def progress_close_date_refusal(
+    progress: OpportunityProgressFields, *, status: str, today: date
+) -> str | None:
+    """Why a PATCH's `expected_close_date` is refused (see `OpportunityProgress`), or None."""
+    day = progress.expected_close_date
+    if day is None or day >= today:
+        return None
+    if progress.stage is not None or status == OpportunityStatus.won:
+        return None
+    return (
+        f"{day.isoformat()} is in the past; an open opportunity's expected close date is still "
+        "ahead (send a stage to record when it closed)"
+    )
 
 
 # R-PO-10: what the PDM checked, criterion -> pass (true) or fail (false). Which criteria is
@@ -131,12 +181,15 @@ def criteria_refusal(criteria: Criteria | None, configured: list[str]) -> dict[s
 
 
 class DispatchData(BaseModel):
-    """R-PO-3: the dispatcher names the PDM, and the PSM (else the policy's `unmatched_psm`)."""
+    """R-PO-3: the dispatcher names the PDM, and the PSM (else the policy's `unmatched_psm`).
+    Both must be people the routing table knows in that role (the PSM may also be the policy's
+    `unmatched_psm`): 422 PF.PERSON_UNKNOWN; the PDM, who will hold the review, is never the
+    PO's submitter (R-X-5, 422 PF.ASSIGNEE_NOT_ELIGIBLE)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pdm: Code
-    psm: Code | None = None
+    pdm: Annotated[Code, NamesPerson("pdm")]
+    psm: Annotated[Code | None, NamesPerson("psm", holds_task=False)] = None
 
 
 PO_DISPATCH = TaskKind(
@@ -152,6 +205,7 @@ PO_REVIEW = TaskKind(
         "return": OutcomeSpec(comment_required=True, data_model=OptionalReviewData),
     },
     reassign_roles=frozenset({Role.dispatcher, Role.ops_admin}),
+    holder_directory="pdm",  # R-PO-2: reviewed by a PDM the routing table names
 )
 PO_TASK_KINDS = {kind.name: kind for kind in (PO_DISPATCH, PO_REVIEW)}
 
@@ -192,7 +246,7 @@ class OpportunityReviewInput(BaseModel):
     po_id: str
     partner_id: str
     submitted_by: str
-    opportunity: OpportunityCreate
+    opportunity: OpportunityFields
     policy: Policy
 
 
@@ -201,12 +255,12 @@ class CancelOpportunity(Command):
 
 
 class ResubmitOpportunity(Command):
-    opportunity: OpportunityCreate
+    opportunity: OpportunityFields
     comment: str | None = Field(default=None, max_length=4000)
 
 
 class UpdateProgress(Command):
-    progress: OpportunityProgress
+    progress: OpportunityProgressFields
 
 
 class RouteRequest(BaseModel):
@@ -280,7 +334,7 @@ def match_key(customer_name: str, project_name: str) -> str:
     return f"{customer_key(customer_name)}|{_NOISE.sub('', _fold(project_name))}"
 
 
-def claim_key(partner_id: str, body: OpportunityCreate) -> str:
+def claim_key(partner_id: str, body: OpportunityFields) -> str:
     """One open PO per partner and (customer, project): a second start of the same PO is refused."""
     return f"{partner_id}|{match_key(body.customer_name, body.project_name)}"
 

@@ -37,9 +37,23 @@ RES_REVIEW = TaskKind(
 RES_TASK_KINDS = {RES_REVIEW.name: RES_REVIEW}
 
 
-class ResellerApplicationCreate(BaseModel):
+class ResellerApplicationFields(BaseModel):
+    """A cooperation application (R-RES-1) as its workflow keeps it (input, history): tolerant
+    (unknown fields ignored), so histories recorded under older rules still decode. What a
+    reseller may send is `ResellerApplicationCreate`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    distributor_id: Ref
+    message: Text | None = None
+
+
+class ResellerApplicationCreate(ResellerApplicationFields):
+    """What a reseller may send (R-RES-1): the distributor and a message; an unknown field is
+    refused with 422 naming it."""
+
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -49,9 +63,6 @@ class ResellerApplicationCreate(BaseModel):
             ]
         },
     )
-
-    distributor_id: Ref
-    message: Text | None = None
 
 
 class ApplicationDecision(BaseModel):
@@ -81,7 +92,7 @@ class ResellerApplicationInput(BaseModel):
     submitted_by: str
     distributor_id: str
     distributor_contact: str
-    application: ResellerApplicationCreate
+    application: ResellerApplicationFields
 
 
 def claim_key(reseller_id: str, distributor_id: str) -> str:

@@ -7,6 +7,7 @@ the SLA, escalation on breach) lives in `workflows.human_task`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,54 @@ from pydantic import BaseModel, Field, ValidationError
 from domain.errors import refuse
 from domain.principal import Principal, Role
 from domain.values import UtcDateTime
+
+
+@dataclass(frozen=True)
+class NamesPerson:
+    """Marks an outcome data field that names a person: `Annotated[Code, NamesPerson("pdm")]`.
+
+    `directory` says in which capacity (a key of `store.directory.DIRECTORIES`: `pdm`, `psm`):
+    the API refuses a completion naming someone that directory does not know (422
+    PF.PERSON_UNKNOWN). `holds_task`: the person named will hold the process's next task (a
+    dispatched PDM holds the review), so R-X-5 applies: never the item's submitter (422
+    PF.ASSIGNEE_NOT_ELIGIBLE, checked by the workflow's validator too). Metadata only: it does
+    not change what the model accepts, so histories decode as before."""
+
+    directory: str
+    holds_task: bool = True
+
+
+def person_fields(model: type[BaseModel]) -> dict[str, NamesPerson]:
+    """The fields of an outcome data model that name a person, with their `NamesPerson`."""
+    return {
+        name: mark
+        for name, info in model.model_fields.items()
+        for mark in info.metadata
+        if isinstance(mark, NamesPerson)
+    }
+
+
+def people_named(
+    kind: TaskKind, outcome: str, data: dict[str, Any]
+) -> list[tuple[str, str, NamesPerson]]:
+    """The people a completion's `data` names: (field, person, mark), the value parsed by the
+    outcome's data model (so `" pdm-li "` is `pdm-li`); [] for an unknown outcome, an outcome
+    without a model, or data the model refuses (refused on its own as PF.INVALID_DATA)."""
+    spec = kind.outcomes.get(outcome)
+    if spec is None or spec.data_model is None:
+        return []
+    fields = person_fields(spec.data_model)
+    if not fields:
+        return []
+    try:
+        parsed = spec.data_model.model_validate(data)
+    except ValidationError:
+        return []
+    return [
+        (name, str(value), mark)
+        for name, mark in fields.items()
+        if (value := getattr(parsed, name)) is not None
+    ]
 
 
 class TaskStatus(StrEnum):
@@ -30,11 +79,16 @@ class OutcomeSpec(BaseModel):
 
 
 class TaskKind(BaseModel):
-    """A kind of task: its outcomes and who may move it to another person."""
+    """A kind of task: its outcomes and who may move it to another person. `holder_directory`:
+    where the people who may hold it are listed, when the service keeps such a list (a
+    `store.directory.DIRECTORIES` key: a po.review is held by a PDM of the routing table);
+    reassigning it to anyone else is 422 PF.PERSON_UNKNOWN. None: no list (reviewers are
+    whoever holds a token with the role)."""
 
     name: str
     outcomes: dict[str, OutcomeSpec]
     reassign_roles: frozenset[Role] = frozenset({Role.ops_admin})
+    holder_directory: str | None = None
 
     model_config = {"arbitrary_types_allowed": True}
 

@@ -11,6 +11,13 @@
   hands back naive UTC times, and callers are told every time is UTC). Answered with `Z`.
 - `utc_text(moment)` / `utc_iso(moment)`: how e-mails, the Temporal UI's details and audit
   details write a time: always in UTC, whatever offset the value carried.
+- `url_credentials_refusal(url)`: a URL a caller sends never carries credentials
+  (`https://user:pass@host/…`): they would be stored, shown to others and logged.
+- `CalendarDate`: a day, sent as `YYYY-MM-DD` and nothing else: a time (`2027-01-01T10:00:00Z`,
+  even at midnight), a number (pydantic would read a Unix timestamp) or another spelling is
+  refused. `NotPastDate` adds "not already over everywhere on Earth" (`earliest_today`): for
+  request models only, since the answer changes with the clock (a model a workflow decodes
+  must decode its history the same way tomorrow).
 
 Importable from workflows: pure, no I/O.
 """
@@ -18,9 +25,10 @@ Importable from workflows: pure, no I/O.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
@@ -107,6 +115,77 @@ UtcDateTime = Annotated[
     AfterValidator(parse_utc),
     PlainSerializer(_serialize_utc, return_type=str, when_used="json"),
 ]
+
+
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_DATE = re.compile(DATE_PATTERN)
+
+
+def parse_calendar_date(value: object) -> date:
+    """A day from `YYYY-MM-DD` (ASCII digits) or a `date` that is not a `datetime`; raises
+    ValueError for anything else: a time (`2027-01-01T10:00:00Z`), a number, `2027-1-1`,
+    `20270101`, an impossible day (`2027-02-30`)."""
+    if isinstance(value, datetime):
+        raise ValueError("a date is a day (YYYY-MM-DD), not a time")
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise ValueError("a date is written YYYY-MM-DD (e.g. 2027-03-31), without a time")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{value} is not a day of the calendar") from exc
+
+
+# The last place on Earth where a calendar day is still today is at UTC-12.
+_LATEST_OFFSET = timedelta(hours=12)
+
+
+def earliest_today(now: datetime | None = None) -> date:
+    """The earliest calendar date that is still today somewhere on Earth (the date at UTC-12).
+    A day before it is over for every caller, whatever their time zone."""
+    return (to_utc(now or datetime.now(UTC)) - _LATEST_OFFSET).date()
+
+
+def not_past(value: date) -> date:
+    """`value`, unless it is over everywhere on Earth (before `earliest_today()`): ValueError."""
+    today = earliest_today()
+    if value < today:
+        raise ValueError(f"{value.isoformat()} is in the past (the earliest today is {today})")
+    return value
+
+
+CalendarDate = Annotated[
+    date,
+    BeforeValidator(parse_calendar_date),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date",
+            "pattern": DATE_PATTERN,
+            "examples": ["2027-03-31"],
+            "description": "a day, YYYY-MM-DD (no time)",
+        }
+    ),
+]
+# A request's day that must not be over yet (e.g. a PO's expected close date at submission).
+# Never in a model a workflow decodes: the clock would change what its history decodes to.
+NotPastDate = Annotated[CalendarDate, AfterValidator(not_past)]
+
+
+def url_credentials_refusal(url: str) -> str | None:
+    """Why `url` is refused for carrying credentials (userinfo: `user:pass@`, `user@`, `:@`),
+    or None. A URL is stored and shown (to reviewers, in delivery logs), so a secret in it
+    leaks; it belongs in a header or a signed link, not the URL."""
+    netloc = urlsplit(url.strip()).netloc
+    if "@" in netloc:
+        return "the URL must not carry credentials (user:password@host); remove them"
+    return None
+
+
+def is_calendar_date(metadata: list[Any]) -> bool:
+    """Whether a field's metadata carries the `CalendarDate` parser (for the registry test)."""
+    return any(isinstance(m, BeforeValidator) and m.func is parse_calendar_date for m in metadata)
 
 
 def is_money(metadata: list[Any]) -> bool:

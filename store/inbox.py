@@ -129,19 +129,19 @@ class InboxFilters:
 
 def _filtered(principal: Principal, f: InboxFilters) -> Any:
     stmt = select(TaskRow).where(visible_to(principal))
-    if f.kind:
+    if f.kind is not None:
         stmt = stmt.where(TaskRow.kind == f.kind)
-    if f.status:
+    if f.status is not None:
         stmt = stmt.where(TaskRow.status == f.status)
     if f.assignee == "me":
         stmt = stmt.where(mine(principal))
-    elif f.assignee:
+    elif f.assignee is not None:
         stmt = stmt.where(TaskRow.assignee == f.assignee)
-    if f.process_id:
+    if f.process_id is not None:
         stmt = stmt.where(TaskRow.process_id == f.process_id)
-    if f.process:
+    if f.process is not None:
         stmt = stmt.where(TaskRow.process == f.process)
-    if f.partner_id:
+    if f.partner_id is not None:
         stmt = stmt.where(TaskRow.partner_id == f.partner_id)
     if f.due_before is not None:
         stmt = stmt.where(col(TaskRow.due_at) < f.due_before)

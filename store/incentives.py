@@ -23,7 +23,7 @@ from domain.certification import CertificationKind, CertificationView
 from domain.incentive_caps import HeldLabel
 from domain.incentives import (
     CertificationFacts,
-    IncentiveCreate,
+    IncentiveFields,
     IncentiveSource,
     OpportunityFacts,
     SourceFacts,
@@ -46,7 +46,7 @@ HolderIsLive = Callable[[str, str, str], Awaitable[bool]]  # (scope, key, holder
 
 
 async def source_facts(
-    session: AsyncSession, *, partner: Partner, app: IncentiveCreate, at: datetime
+    session: AsyncSession, *, partner: Partner, app: IncentiveFields, at: datetime
 ) -> SourceFacts:
     facts = SourceFacts(
         partner_kind=partner.kind, partner_tier=partner.tier, partner_region=partner.region
@@ -129,7 +129,7 @@ async def incentive_status(sessions: async_sessionmaker[AsyncSession], inc_id: s
 # --- claims --------------------------------------------------------------------------------------
 
 
-def person_key(app: IncentiveCreate) -> str | None:
+def person_key(app: IncentiveFields) -> str | None:
     return business_key(app.person) if app.person else None
 
 

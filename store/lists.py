@@ -128,7 +128,7 @@ async def list_processes(
         stmt = stmt.where(col(ProcessRow.partner_id) == filters.partner_id)
     if filters.updated_after is not None:
         stmt = stmt.where(col(ProcessRow.updated_at) > filters.updated_after)
-    if filters.q:
+    if filters.q is not None:
         stmt = stmt.where(col(ProcessRow.search_text).like(_like_pattern(filters.q), escape="\\"))
     if cursor is not None:
         updated, last_id = decode_cursor(cursor)

@@ -112,3 +112,13 @@ async def wait_po(
         return view if predicate(view) else None
 
     return await eventually(probe, timeout=timeout, what=what)
+
+
+async def add_pdm(http: httpx.AsyncClient, admin: dict[str, str], pdm: str) -> None:
+    """Make `pdm` a PDM the service knows (`store.directory`: the routing table names every PDM
+    a review may go to) without changing where any PO routes: a rule for a partner that never
+    submits. For tests that give each run a PDM of its own."""
+    rules = (await http.get("/v1/admin/routing-rules", headers=admin)).json()
+    rules.append({"partner_id": f"p-none-{pdm}", "pdm": pdm})
+    r = await http.put("/v1/admin/routing-rules", json=rules, headers=admin)
+    assert r.status_code == 200, r.text

@@ -16,7 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from api.auth import mint_token
 from config import RateLimit
 from tests.conftest import ApiServer, Stack
-from tests.helpers import ALL_PASS, Actors, complete, history_actions, po_body, submit
+from tests.helpers import ALL_PASS, Actors, add_pdm, complete, history_actions, po_body, submit
 
 
 def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -326,17 +326,15 @@ class TestBulkAndInbox:
 
     async def test_inbox_pages_most_urgent_first(self, stack: Stack) -> None:
         a = Actors(stack)
-        pdm = stack.auth(f"pdm-{uuid.uuid4().hex[:6]}", ["pdm"])
+        pdm_id = f"pdm-{uuid.uuid4().hex[:6]}"
+        pdm = stack.auth(pdm_id, ["pdm"])
+        await add_pdm(stack.http, a.admin, pdm_id)  # a review goes only to a known PDM
         mine = []
         for _ in range(5):
             po = await submit(stack.http, a.acme)
             r = await stack.http.post(
                 f"/v1/tasks/{po['open_task_id']}/reassign",
-                json={
-                    "assignee": jwt.decode(
-                        pdm["Authorization"][7:], options={"verify_signature": False}
-                    )["sub"]
-                },
+                json={"assignee": pdm_id},
                 headers=a.dispatcher,
             )
             assert r.status_code == 200, r.text

@@ -234,7 +234,15 @@ async def request_defense(
 class TestSubmission:
     async def test_r_cert_1_submission_opens_a_review_for_the_experts(self, certs: Certs) -> None:
         c = certs
-        view = await submit(c.http, c.svc_member, status="passed", partner_id="p-other")
+        # what a partner may not set is refused, naming it, and starts nothing (not dropped)
+        r = await c.http.post(
+            "/v1/certifications",
+            json=cert_body(status="passed", partner_id="p-other"),
+            headers=c.svc_member,
+        )
+        assert r.status_code == 422 and r.json()["error_code"] == "PF.VALIDATION_FAILED", r.text
+        assert {e["loc"][-1] for e in r.json()["details"]} == {"status", "partner_id"}
+        view = await submit(c.http, c.svc_member)
         assert view["id"] == f"cert-p-svc-{view['subject']}"
         assert view["status"] == "in_review" and view["partner_id"] == "p-svc"
         assert view["kind"] == "capability_label" and view["level"] == 2

@@ -88,6 +88,9 @@ async def test_reassign_refuses_unknown_and_closed_tasks(stack: Stack, run: Cli)
     code, _, err = await run("reassign", "po-nothing.1", "--to", "pdm-wang")
     assert code == 1 and "no task po-nothing.1" in err
     po = await submit(stack.http, a.acme)
+    # a review goes only to a PDM of the routing table, as through the API
+    code, _, err = await run("reassign", po["open_task_id"], "--to", "pdm-nobody")
+    assert code == 1 and "PF.PERSON_UNKNOWN" in err
     r = await stack.http.post(f"/v1/opportunities/{po['id']}/cancel", json={}, headers=a.acme)
     assert r.status_code == 200, r.text
     code, _, err = await run("reassign", po["open_task_id"], "--to", "pdm-wang")

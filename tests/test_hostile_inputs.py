@@ -8,26 +8,52 @@ without editing this file).
 - every POST/PUT/PATCH with a body too deep to parse, not UTF-8, or not JSON, with and without
   an Idempotency-Key → 400 PF.MALFORMED_JSON;
 - every string field of every request body, every string query parameter and the path with a
-  control character (NUL: PostgreSQL refuses it in text and jsonb) → 422 PF.VALIDATION_FAILED.
+  control character (NUL: PostgreSQL refuses it in text and jsonb) → 422 PF.VALIDATION_FAILED;
+- every request model (route table, nested ones too) forbids unknown fields, and every body
+  route answers `{"amout": …}` with 422 naming it (no idempotency record kept);
+- every query parameter sent empty (`?process_id=`) → 4xx, never "no filter";
+- a single-valued header (Idempotency-Key on every command route, Authorization, Content-Type,
+  X-Request-ID) sent twice → 400, nothing written;
+- every claim we read with a degenerate value (`partner_id: ""`, blank `sub`, roles not a list
+  of known roles) → 401;
+- every URL field of every request model with credentials in it → 422.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
+import json
 import re
+import time
+import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from pydantic import BaseModel
 
+from api.auth import TokenClaims
+from api.frame import body_models
+from api.idempotency import scope_of
 from api.main import create_app
-from api.middleware import control_characters_in_body, control_characters_in_url
+from api.middleware import (
+    SINGLE_VALUED_HEADERS,
+    control_characters_in_body,
+    control_characters_in_url,
+    repeated_single_headers,
+)
+from api.openapi import route_table
 from api.routes.lists import RESOURCES
+from config import Settings
 from domain.errors import STATUS_BY_CODE
 from domain.principal import STAFF_ROLES
+from store.models import IdempotencyRecord
 from tests.conftest import Stack
+from tests.helpers import po_body
 from tests.test_lists import seed
 
 ALL_ROLES = [str(role) for role in STAFF_ROLES]
@@ -355,3 +381,314 @@ def test_the_body_check_reads_json_escapes(body: bytes, refused: bool) -> None:
 def test_the_url_check_reads_percent_escapes(path: str, query: bytes, refused: bool) -> None:
     scope = {"path": path, "query_string": query}
     assert (control_characters_in_url(scope) is not None) is refused
+
+
+# --- 5. unknown fields in request bodies ----------------------------------------------------------
+
+
+def request_models() -> dict[str, type[BaseModel]]:
+    """Every model a request body is made of, by name: each route's body model (from the route
+    table) and every model nested in one, however deep."""
+    app = create_app(Settings())
+    found: dict[str, type[BaseModel]] = {}
+
+    def walk(annotation: Any) -> None:
+        if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+            if annotation.__name__ in found:
+                return
+            found[annotation.__name__] = annotation
+            for info in annotation.model_fields.values():
+                walk(info.annotation)
+        for arg in typing.get_args(annotation):
+            walk(arg)
+
+    for route, _ in route_table(app.routes):
+        if route.body_field is not None:
+            walk(route.body_field.field_info.annotation)
+    return found
+
+
+def test_every_request_model_forbids_unknown_fields() -> None:
+    """From the route table: every body model and every model nested in one refuses a field it
+    does not know (`extra="forbid"`), so a typo is a 422 naming it, never silently dropped."""
+    models = request_models()
+    assert {"OpportunityCreate", "OpportunityProgress", "Evidence", "RoutingRuleIn"} <= set(models)
+    lax = sorted(n for n, m in models.items() if m.model_config.get("extra") != "forbid")
+    assert not lax, f"request models that drop unknown fields: {lax}"
+
+
+UNKNOWN = "amout"
+
+
+async def test_every_body_route_refuses_an_unknown_field_naming_it(stack: Stack) -> None:
+    """Every POST/PUT/PATCH with a JSON body, from the OpenAPI: `{"amout": ...}` next to
+    whatever else is missing is 422 PF.VALIDATION_FAILED with an `extra_forbidden` error
+    located at the field; with an Idempotency-Key, no record is kept."""
+    spec = spec_of(stack)
+    values = await fill_paths(stack)
+    checked = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            content = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if content is None:
+                continue
+            schema = resolve(spec, content["schema"])
+            body: Any = {UNKNOWN: "1"}
+            if schema.get("type") == "array":
+                body = [body]
+            key = f"unknown-{uuid.uuid4().hex}"
+            headers = {**identity_for(stack, path), "Idempotency-Key": key}
+            url = concrete(path, values)
+            r = await stack.http.request(method.upper(), url, json=body, headers=headers)
+            assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+            errors = r.json()["details"]
+            assert any(
+                e["loc"][-1] == UNKNOWN and e["type"] == "extra_forbidden" for e in errors
+            ), (method, path, errors)
+            if method in ("post", "patch"):
+                sub = identity_sub(path)
+                assert not await idempotency_record(stack, sub, method, url, key), (method, path)
+            checked.append((method, path))
+    assert len(checked) > 25
+
+
+def identity_sub(path: str) -> str:
+    return "u-acme-1" if path.startswith("/v1/webhook-subscriptions") else "staff-hostile"
+
+
+async def idempotency_record(stack: Stack, sub: str, method: str, path: str, key: str) -> bool:
+    async with stack.sessions() as session:
+        row = await session.get(IdempotencyRecord, scope_of(sub, method.upper(), path, key))
+    return row is not None
+
+
+async def test_a_po_with_a_typo_in_a_field_is_refused_and_nothing_is_written(stack: Stack) -> None:
+    """The finding: a PO create with `amout` was accepted, the typo dropped."""
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    body = po_body(amout="1250000.00")
+    key = f"typo-{uuid.uuid4().hex}"
+    r = await stack.http.post(
+        "/v1/opportunities", json=body, headers={**acme, "Idempotency-Key": key}
+    )
+    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+    assert [e["loc"] for e in r.json()["details"]] == [["body", "amout"]]
+    listed = await stack.http.get(
+        "/v1/opportunities", params={"q": body["customer_name"]}, headers=acme
+    )
+    assert listed.json()["items"] == []
+    assert not await idempotency_record(stack, "u-acme-1", "post", "/v1/opportunities", key)
+
+
+# --- 6. empty query values ------------------------------------------------------------------------
+
+
+async def test_every_query_parameter_refuses_an_empty_value(stack: Stack) -> None:
+    """Every query parameter of every operation, from the OpenAPI: `?name=` is a 4xx in the
+    envelope (422, or 400 for a cursor), never read as "no filter". The finding: `GET
+    /v1/tasks?process_id=` listed every task."""
+    spec = spec_of(stack)
+    values = await fill_paths(stack)
+    checked = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for param in query_params(op):
+                r = await stack.http.request(
+                    method.upper(),
+                    concrete(path, values),
+                    params={param["name"]: ""},
+                    headers=identity_for(stack, path),
+                )
+                assert_envelope(r)
+                checked.append((path, param["name"]))
+    assert ("/v1/tasks", "process_id") in checked
+    assert {
+        ("/v1/opportunities", n) for n in ("status", "q", "partner_id", "updated_after")
+    } <= set(checked)
+    assert len(checked) > 50
+    r = await stack.http.get(
+        "/v1/tasks", params={"process_id": ""}, headers=identity_for(stack, "/v1/tasks")
+    )
+    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+
+
+# --- 7. single-valued headers sent twice ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", SINGLE_VALUED_HEADERS)
+def test_a_single_valued_header_sent_twice_is_refused(header: str) -> None:
+    scope = {"headers": [(header.encode(), b"one"), (header.title().encode(), b"two")]}
+    refusal = repeated_single_headers(scope)
+    assert refusal is not None and refusal.status_code == 400
+    once = {"headers": [(header.encode(), b"one"), (b"accept", b"a"), (b"accept", b"b")]}
+    assert repeated_single_headers(once) is None
+
+
+async def test_every_command_route_refuses_two_idempotency_keys(stack: Stack) -> None:
+    """Every POST/PATCH, from the OpenAPI: two `Idempotency-Key` lines (the key is one sf-string,
+    draft-ietf-httpapi-idempotency-key-header) are 400 PF.BAD_REQUEST, and no record is kept
+    under either key."""
+    spec = spec_of(stack)
+    values = await fill_paths(stack)
+    checked = 0
+    for path, ops in spec["paths"].items():
+        for method in ops:
+            if method not in ("post", "patch"):
+                continue
+            url = concrete(path, values)
+            keys = [f"dup-{uuid.uuid4().hex}", f"dup-{uuid.uuid4().hex}"]
+            headers = [*identity_for(stack, path).items()] + [("Idempotency-Key", k) for k in keys]
+            r = await stack.http.request(method.upper(), url, json={}, headers=headers)
+            assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+            assert r.json()["details"][0]["loc"] == ["header", "idempotency-key"]
+            for key in keys:
+                assert not await idempotency_record(stack, identity_sub(path), method, url, key)
+            checked += 1
+    assert checked >= 20
+
+
+async def test_every_single_valued_header_we_read_is_refused_twice(stack: Stack) -> None:
+    """Authorization, Content-Type, X-Request-ID (Host: h11 refuses it before us), on a read
+    and on a PO submission with a valid body: 400, and the PO is not created."""
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    other = stack.auth("u-acme-2", ["partner_member"], "p-acme")
+    twice = {
+        "authorization": [acme["Authorization"], other["Authorization"]],
+        "content-type": ["application/json", "text/plain"],
+        "x-request-id": ["req-1", "req-2"],
+    }
+    assert set(twice) | {"idempotency-key", "host"} == set(SINGLE_VALUED_HEADERS)
+    for name, lines in twice.items():
+        base = [(k, v) for k, v in acme.items() if k.lower() != name]
+        headers = base + [(name, v) for v in lines]
+        r = await stack.http.get("/v1/opportunities", headers=headers)
+        assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+        body = po_body()
+        if name != "content-type":
+            headers.append(("content-type", "application/json"))
+        r = await stack.http.post("/v1/opportunities", content=json.dumps(body), headers=headers)
+        assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+        assert [d["loc"] for d in r.json()["details"]] == [["header", name]]
+        listed = await stack.http.get(
+            "/v1/opportunities", params={"q": body["customer_name"]}, headers=acme
+        )
+        assert listed.json()["items"] == [], name
+
+
+# --- 8. degenerate token claims -------------------------------------------------------------------
+
+# claim -> values that name nobody (each alone, the rest of the token valid)
+DEGENERATE_CLAIMS: dict[str, list[Any]] = {
+    "sub": ["", " ", " pdm-li", "pdm-li\n", "pdm\u0000li", "x" * 129, 7, None],
+    "roles": ["pdm", ["emperor"], ["pdm", "pdm"], [7], [None], {"pdm": True}, None],
+    "partner_id": ["", " ", "\t", " p-acme", "p acme", 7, ["p-acme"], {}, "p-" + "x" * 63],
+    "exp": ["tomorrow", None],
+}
+
+
+def degenerate_tokens() -> list[tuple[str, Any]]:
+    return [(claim, value) for claim, values in DEGENERATE_CLAIMS.items() for value in values]
+
+
+@pytest.mark.parametrize(("claim", "value"), degenerate_tokens())
+async def test_a_token_with_a_degenerate_claim_is_401(stack: Stack, claim: str, value: Any) -> None:
+    """Every claim we read (`TokenClaims` and `exp`): a degenerate value is 401
+    PF.UNAUTHENTICATED in the envelope, on a read and on a command with an Idempotency-Key
+    (no record kept). The finding: `partner_id: ""` was accepted."""
+    claims: dict[str, Any] = {
+        "sub": "u-acme-1",
+        "roles": ["partner_admin"],
+        "partner_id": "p-acme",
+        "exp": int(time.time()) + 600,
+    }
+    if value is None:
+        del claims[claim]
+    else:
+        claims[claim] = value
+    token = jwt.encode(claims, stack.settings.jwt_secret, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}"}
+    r = await stack.http.get("/v1/opportunities", headers=headers)
+    assert_envelope(r, status=401, code="PF.UNAUTHENTICATED")
+    key = f"claims-{uuid.uuid4().hex}"
+    body = po_body()
+    r = await stack.http.post(
+        "/v1/opportunities", json=body, headers={**headers, "Idempotency-Key": key}
+    )
+    assert_envelope(r, status=401, code="PF.UNAUTHENTICATED")
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    listed = await stack.http.get(
+        "/v1/opportunities", params={"q": body["customer_name"]}, headers=acme
+    )
+    assert listed.json()["items"] == []
+
+
+def test_the_degenerate_claims_cover_every_claim_we_read() -> None:
+    assert set(TokenClaims.model_fields) | {"exp"} == set(DEGENERATE_CLAIMS)
+    # and what stays valid: a staff token (no partner_id, or null), a partner id as admins write
+    for extra in ({}, {"partner_id": None}, {"partner_id": "p-acme.east:1"}):
+        claims = {"sub": "ops 1", "roles": ["ops_admin"], **extra}
+        assert TokenClaims.model_validate(claims).sub == "ops 1"
+
+
+# --- 9. credentials in URLs -----------------------------------------------------------------------
+
+
+def url_fields(model: type[BaseModel], at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where `model` (and the models in it) takes a URL: a field named `url` or typed AnyUrl;
+    lists step into their first element."""
+    found: list[tuple[Any, ...]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if name == "url" or "Url" in str(annotation):
+            found.append((*at, name))
+        for arg in (annotation, *typing.get_args(annotation)):
+            if inspect.isclass(arg) and issubclass(arg, BaseModel):
+                is_list = typing.get_origin(annotation) is list
+                found += url_fields(arg, (*at, name, 0) if is_list else (*at, name))
+    return found
+
+
+def with_value(example: Any, where: tuple[Any, ...], value: str) -> Any:
+    copy = json.loads(json.dumps(example))
+    target = copy
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = value
+    return copy
+
+
+CREDENTIALS = ["https://user:pass@files.example/x", "https://token@files.example/x"]
+
+
+async def test_every_url_a_request_takes_refuses_credentials(stack: Stack) -> None:
+    """Every URL field of every request body (route table, nested models included), filled into
+    the model's own example: with userinfo (`user:pass@`, `token@`) it is 422 naming the field.
+    The finding: a webhook subscription to `https://user:pass@host/…` was accepted."""
+    app = create_app(stack.settings)
+    values = await fill_paths(stack)
+    checked = []
+    for route, path in route_table(app.routes):
+        for model in body_models(route):
+            fields = url_fields(model)
+            if not fields:
+                continue
+            extra = model.model_config.get("json_schema_extra")
+            examples = extra.get("examples") if isinstance(extra, dict) else None
+            assert isinstance(examples, list) and examples, f"{model.__name__} needs an example"
+            for where in fields:
+                for url in CREDENTIALS:
+                    body = with_value(examples[0], where, url)
+                    method = sorted(route.methods or ())[0]
+                    r = await stack.http.request(
+                        method, concrete(path, values), json=body, headers=identity_for(stack, path)
+                    )
+                    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+                    assert "credentials" in r.text and r.json()["details"][0]["loc"][1] == where[0]
+                checked.append((model.__name__, where))
+    assert ("WebhookSubscriptionCreate", ("url",)) in checked
+    assert ("CertificationCreate", ("evidence", 0, "url")) in checked
+    assert ("RecertificationCreate", ("evidence", 0, "url")) in checked
+    # and no subscription came of it
+    listed = await stack.http.get(
+        "/v1/webhook-subscriptions", headers=identity_for(stack, "/v1/webhook-subscriptions")
+    )
+    assert all("@" not in s["url"] for s in listed.json()["items"]), listed.text

@@ -573,19 +573,28 @@ class TestSources:
             "PF.PARTNER_KIND_NOT_ELIGIBLE",
         )
 
-    async def test_r_inc_1_status_owner_and_amounts_in_the_body_change_nothing(
+    async def test_r_inc_1_status_owner_and_amounts_in_the_body_are_refused(
         self, stack: Stack
     ) -> None:
+        """Fields an applicant may not set are refused with 422 naming each (not dropped), and
+        no application starts; without them the same application is taken as sent."""
         p, other = await new_partner(stack), await new_partner(stack)
-        body = {
-            **funding_head("10.00"),
+        foreign = {
             "status": "paid",
             "partner_id": other.id,
             "amount_approved": "99999.00",
             "cap": "99999999.00",
             "id": "inc-mine",
         }
-        inc = await apply(stack.http, p.admin, body)
+        application = funding_head("10.00")
+        r = await stack.http.post(
+            "/v1/incentives", json={**application, **foreign}, headers=p.admin
+        )
+        body = refused(r, 422, "PF.VALIDATION_FAILED")
+        assert {e["loc"][-1] for e in body["details"]} == set(foreign)
+        listed = await stack.http.get("/v1/incentives", headers=p.admin)
+        assert listed.json()["items"] == []
+        inc = await apply(stack.http, p.admin, application)
         assert (inc["status"], inc["partner_id"], inc["amount_approved"]) == (
             "in_review",
             p.id,

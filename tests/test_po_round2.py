@@ -86,9 +86,9 @@ class TestDispatchNamesAPsm:
             a.dispatcher,
             po["open_task_id"],
             "dispatch",
-            data={"pdm": "pdm-wang", "psm": "psm-zhou"},
+            data={"pdm": "pdm-wang", "psm": "psm-qian"},
         )
-        assert view["assignee"] == "pdm-wang" and view["psm"] == "psm-zhou"
+        assert view["assignee"] == "pdm-wang" and view["psm"] == "psm-qian"
         await complete(
             stack.http, a.pdm_wang, view["open_task_id"], "approve", data={"criteria": ALL_PASS}
         )
@@ -96,7 +96,7 @@ class TestDispatchNamesAPsm:
             f"/v1/opportunities/{po['id']}", json={"stage": "won"}, headers=a.cobalt
         )
         assert r.status_code == 200, r.text
-        assert len(await notices_to(stack, po["id"], "psm-zhou")) == 1
+        assert len(await notices_to(stack, po["id"], "psm-qian")) == 1
         pdm_notes = await notices_to(stack, po["id"], "pdm-wang")
         assert not any(n.subject.endswith(" is won") for n in pdm_notes)
 
@@ -395,7 +395,7 @@ async def test_r_po_3_r_po_4_r_po_7_r_po_9_r_po_10_history_replays(stack: Stack)
         a.dispatcher,
         po["open_task_id"],
         "dispatch",
-        data={"pdm": "pdm-wang", "psm": "psm-zhou"},
+        data={"pdm": "pdm-wang", "psm": "psm-qian"},
     )
     r = await stack.http.post(
         f"/v1/tasks/{view['open_task_id']}/reassign",

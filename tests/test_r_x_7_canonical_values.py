@@ -5,7 +5,11 @@
   money field is `Money` and every time field `UtcDateTime`, so a new model cannot slip;
 - the findings, end to end: a PO amount "1E+6", "2500.500" or a JSON number → 422 (were stored
   and answered as sent); a defense scheduled at 10:00+08:00 is answered as 02:00Z and the
-  partner's e-mail says 02:00 UTC (said "10:00 UTC").
+  partner's e-mail says 02:00 UTC (said "10:00 UTC");
+- days: `CalendarDate` takes `YYYY-MM-DD` only (a time, even at midnight, a number or another
+  spelling is 422: `"2027-01-01T10:00:00Z"` was the finding); every date field of every request
+  model (route table) is one; a PO's close date is not a past day at submission and
+  resubmission, and at PATCH only with a stage or on a won PO.
 """
 
 from __future__ import annotations
@@ -25,18 +29,24 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from domain.opportunity import OpportunityCreate, OpportunityProgress, progress_close_date_refusal
 from domain.values import (
     MONEY_PATTERN,
+    CalendarDate,
     Money,
     PositiveMoney,
     UtcDateTime,
+    earliest_today,
     format_money,
+    is_calendar_date,
     is_money,
     is_utc_datetime,
     parse_money,
 )
 from tests.conftest import Stack
-from tests.helpers import po_body
+from tests.helpers import ALL_PASS, Actors, po_body
+from tests.helpers import complete as complete_task
+from tests.helpers import submit as submit_po
 from tests.test_certification import (  # noqa: F401  (fixture)
     Certs,
     certs,
@@ -325,3 +335,167 @@ async def test_r_x_7_a_defense_time_with_an_offset_is_answered_and_mailed_in_utc
     assert scheduled["details"]["scheduled_at"] == f"{day.isoformat()}T02:00:00Z"
     mails = [m for m in await mail_for(c, view["id"]) if "defense scheduled" in m.subject]
     assert mails and all("02:00 UTC" in m.body and "10:00 UTC" not in m.body for m in mails)
+
+
+# --- dates: a day is YYYY-MM-DD, and a request's day is judged against today --------------------
+
+DAY = TypeAdapter(CalendarDate)
+
+
+@given(st.dates())
+def test_a_calendar_date_is_exactly_yyyy_mm_dd(day: date) -> None:
+    text = day.isoformat()  # always YYYY-MM-DD (year 999 is 0999)
+    assert DAY.validate_python(text) == day
+    assert DAY.validate_json(f'"{text}"') == day
+
+
+@given(
+    st.one_of(
+        st.datetimes().map(lambda moment: moment.isoformat()),
+        st.datetimes(timezones=st.just(UTC)).map(lambda m: m.isoformat().replace("+00:00", "Z")),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(max_size=12).filter(lambda t: not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", t)),
+    )
+)
+@example("2027-01-01T10:00:00Z")  # the finding
+@example("2027-01-01T00:00:00")  # midnight: pydantic's date took it
+@example(1798761600)  # a Unix timestamp: pydantic's date took it
+@example("2027-02-30")
+@example("2027-1-1")
+@example("20270101")
+@example("\uff12\uff10\uff12\uff17-01-01")
+def test_no_time_number_or_other_spelling_is_a_calendar_date(value: object) -> None:
+    with pytest.raises(ValidationError):
+        DAY.validate_python(value)
+
+
+def request_models() -> list[type[BaseModel]]:
+    from tests.test_hostile_inputs import request_models as by_name
+
+    return list(by_name().values())
+
+
+def days_in(annotation: Any, metadata: list[Any]) -> list[bool]:
+    """For each `date` (not datetime) in a field's type: whether it is a `CalendarDate`."""
+    if typing.get_origin(annotation) is Annotated:
+        base, *more = typing.get_args(annotation)
+        return days_in(base, [*metadata, *more])
+    if annotation is date:
+        return [is_calendar_date(metadata)]
+    return [found for arg in typing.get_args(annotation) for found in days_in(arg, [])]
+
+
+def test_every_date_field_of_every_request_model_is_a_calendar_date() -> None:
+    """From the route table: every `date` a request body takes (nested models too) is a
+    `CalendarDate`; a submission's and resubmission's close date is also `NotPastDate`."""
+    found = []
+    for model in request_models():
+        for name, info in model.model_fields.items():
+            days = days_in(info.annotation, list(info.metadata))
+            assert all(days), f"{model.__name__}.{name} takes a date that is not a CalendarDate"
+            if days:
+                found.append(f"{model.__name__}.{name}")
+    assert {
+        "OpportunityCreate.expected_close_date",
+        "ResubmitBody.expected_close_date",
+        "OpportunityProgress.expected_close_date",
+    } <= set(found)
+    for model in request_models():
+        if issubclass(model, OpportunityCreate):  # submission and resubmission
+            yesterday = (earliest_today() - timedelta(days=1)).isoformat()
+            with pytest.raises(ValidationError) as caught:
+                model.model_validate({**po_body(), "expected_close_date": yesterday})
+            assert [e["loc"] for e in caught.value.errors()] == [("expected_close_date",)]
+
+
+@pytest.mark.parametrize(
+    ("stage", "status", "days", "refused"),
+    [
+        (None, "approved", -1, True),  # an open deal expected to have closed already
+        (None, "approved", 0, False),
+        ("won", "approved", -30, False),  # recording the outcome, late
+        ("lost", "approved", -30, False),
+        (None, "won", -30, False),  # the deal is closed: correcting when it closed
+        ("delivered", "won", -400, False),
+    ],
+)
+def test_a_patch_may_date_the_close_in_the_past_only_when_it_is_closed(
+    stage: str | None, status: str, days: int, refused: bool
+) -> None:
+    today = earliest_today()
+    progress = OpportunityProgress.model_validate(
+        {"stage": stage, "expected_close_date": (today + timedelta(days=days)).isoformat()}
+    )
+    why = progress_close_date_refusal(progress, status=status, today=today)
+    assert (why is not None) is refused
+
+
+def test_earliest_today_is_the_date_at_utc_minus_12() -> None:
+    assert earliest_today(datetime(2026, 11, 30, 11, 59, tzinfo=UTC)) == date(2026, 11, 29)
+    assert earliest_today(datetime(2026, 11, 30, 12, 0, tzinfo=UTC)) == date(2026, 11, 30)
+    beijing = timezone(timedelta(hours=8))
+    # 07:00 on 1 Dec in Beijing is 23:00 on 30 Nov in UTC: 30 Nov is still today at UTC-12
+    assert earliest_today(datetime(2026, 12, 1, 7, 0, tzinfo=beijing)) == date(2026, 11, 30)
+
+
+@pytest.mark.parametrize(
+    "close",
+    ["2027-01-01T10:00:00Z", "2027-01-01T00:00:00", 1798761600, "2027-02-30", "yesterday"],
+)
+async def test_a_po_close_date_that_is_not_a_day_is_422(stack: Stack, close: object) -> None:
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    if close == "yesterday":
+        close = (earliest_today() - timedelta(days=1)).isoformat()
+    body = po_body(expected_close_date=close)
+    r = await stack.http.post("/v1/opportunities", json=body, headers=acme)
+    assert r.status_code == 422, r.text
+    assert r.json()["error_code"] == "PF.VALIDATION_FAILED"
+    assert [e["loc"] for e in r.json()["details"]] == [["body", "expected_close_date"]]
+    listed = await stack.http.get(
+        "/v1/opportunities", params={"q": body["customer_name"]}, headers=acme
+    )
+    assert listed.json()["items"] == []
+
+
+async def test_close_dates_at_submission_resubmission_and_patch(stack: Stack) -> None:
+    """Submission and resubmission: not a past day (today anywhere on Earth is fine). PATCH: a
+    past day only with a stage, or once the PO is won (OpportunityProgress's docstring)."""
+    a = Actors(stack)
+    # (tomorrow, not today: the test's "today" must not turn into the server's yesterday at
+    # 12:00 UTC; today itself is test_earliest_today_is_the_date_at_utc_minus_12's)
+    soon = (earliest_today() + timedelta(days=1)).isoformat()
+    past = (earliest_today() - timedelta(days=3)).isoformat()
+    po = await submit_po(stack.http, a.acme, expected_close_date=soon)
+    assert po["expected_close_date"] == soon
+    returned = await complete_task(
+        stack.http, a.pdm_li, po["open_task_id"], "return", comment="dates?",
+        data={"criteria": ALL_PASS},
+    )  # fmt: skip
+    edited = {k: returned[k] for k in po_body() if k in returned}
+    r = await stack.http.post(
+        f"/v1/opportunities/{po['id']}/resubmit",
+        json={**edited, "expected_close_date": past},
+        headers=a.acme,
+    )
+    assert r.status_code == 422 and "expected_close_date" in r.text, r.text
+    r = await stack.http.post(f"/v1/opportunities/{po['id']}/resubmit", json=edited, headers=a.acme)
+    assert r.status_code == 200, r.text
+    approved = await complete_task(
+        stack.http, a.pdm_li, r.json()["open_task_id"], "approve", data={"criteria": ALL_PASS}
+    )
+    assert approved["status"] == "approved"
+    url = f"/v1/opportunities/{po['id']}"
+    r = await stack.http.patch(url, json={"expected_close_date": past}, headers=a.acme)
+    assert r.status_code == 422 and r.json()["error_code"] == "PF.VALIDATION_FAILED", r.text
+    r = await stack.http.patch(
+        url, json={"expected_close_date": "2027-01-01T00:00:00Z"}, headers=a.acme
+    )
+    assert r.status_code == 422, r.text
+    r = await stack.http.patch(
+        url, json={"stage": "won", "expected_close_date": past}, headers=a.acme
+    )
+    assert r.status_code == 200 and r.json()["expected_close_date"] == past, r.text
+    earlier = (earliest_today() - timedelta(days=10)).isoformat()
+    r = await stack.http.patch(url, json={"expected_close_date": earlier}, headers=a.acme)
+    assert r.status_code == 200 and r.json()["status"] == "won", r.text

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         check_fresh,
         check_reassign,
         check_unclaim,
+        people_named,
     )
     from domain.values import utc_text
 
@@ -350,7 +351,30 @@ class ProcessWorkflow:
         self.check_decision(task, cmd, data)
         return task, data
 
-    @command(CompleteTask, check="check_complete")
+    def validate_complete(self, cmd: CompleteTask) -> None:
+        """The `complete_task` validator's check: `check_complete`, then R-X-5 on the people the
+        outcome's data names (`check_people_named`). The main loop re-runs `check_complete`
+        alone: the people check came after histories were recorded, and validators do not run
+        on replay, so those histories replay unchanged (no `workflow.patched` needed); who a
+        queued command names does not change while it waits."""
+        task, _ = self.check_complete(cmd)
+        self.check_people_named(task, cmd)
+
+    def check_people_named(self, task: HumanTask, cmd: CompleteTask) -> None:
+        """R-X-5: a person the outcome names who will hold the next task (`NamesPerson`
+        `holds_task`, e.g. po.dispatch's `pdm`) is never the item's submitter (raises
+        PF.ASSIGNEE_NOT_ELIGIBLE). Whether the person exists is the API's check (it needs the
+        store: `store.directory`). Pure."""
+        for name, person, mark in people_named(self._kind_of(task), cmd.outcome, cmd.data):
+            if mark.holds_task and task.submitted_by is not None and person == task.submitted_by:
+                refuse(
+                    "PF.ASSIGNEE_NOT_ELIGIBLE",
+                    f"{person} submitted this item and may not hold its {task.kind} work (R-X-5)",
+                    field=f"data.{name}",
+                    person=person,
+                )
+
+    @command(CompleteTask, check="validate_complete", recheck="check_complete")
     async def apply_complete(self, cmd: CompleteTask) -> dict[str, Any] | None:
         task = self.tasks[cmd.task_id]
         model = self.task_kinds[task.kind].outcomes[cmd.outcome].data_model

@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         DispatchData,
         DuplicateQuery,
-        OpportunityCreate,
+        OpportunityFields,
         OpportunityReviewInput,
         OpportunityStatus,
         OpportunityView,
@@ -57,7 +57,7 @@ class OpportunityReview(ProcessWorkflow):
     def __init__(self, inp: OpportunityReviewInput) -> None:
         super().__init__()
         self.inp = inp
-        self.po: OpportunityCreate = inp.opportunity
+        self.po: OpportunityFields = inp.opportunity
         self.status = S.submitted
         self.pdm: str | None = None
         self.psm: str | None = None

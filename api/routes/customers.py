@@ -63,7 +63,9 @@ class RegistrationBody(BaseModel):
 
 
 class AnswerBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A customer's answer to a dissociation request: an optional comment, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
     comment: str | None = Field(default=None, max_length=2000)
 
 

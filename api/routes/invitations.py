@@ -45,7 +45,9 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 class RevokeBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """R-INV-4: an optional reason, nothing else (an unknown field is 422)."""
+
+    model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(default=None, max_length=2000)
 
 

@@ -121,7 +121,8 @@ def list_route(resource: Resource) -> None:
             Query(description="ISO 8601; rows updated strictly after it (converted to UTC)"),
         ] = None,
         partner_id: Annotated[
-            str | None, Query(max_length=64, description="staff: one partner's items")
+            str | None,
+            Query(min_length=1, max_length=64, description="staff: one partner's items"),
         ] = None,
         q: Annotated[
             str | None,
@@ -151,7 +152,8 @@ def list_route(resource: Resource) -> None:
 
     list_items.__doc__ = (
         f"The {noun} the caller may see (R-X-8), newest update first; filters `status`, "
-        "`updated_after`, `partner_id` (staff), `q`; keyset-paginated with `cursor`."
+        "`updated_after`, `partner_id` (staff), `q`; keyset-paginated with `cursor`. A filter "
+        'sent empty (`?q=`) is 422, never "no filter": omit it instead.'
     )
     router.add_api_route(
         f"/v1/{resource.path}",

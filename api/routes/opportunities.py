@@ -20,15 +20,17 @@ from domain.opportunity import (
     FINAL_STATUSES,
     CancelOpportunity,
     OpportunityCreate,
+    OpportunityFields,
     OpportunityProgress,
     OpportunityReviewInput,
     OpportunityView,
     ResubmitOpportunity,
     UpdateProgress,
     claim_key,
+    progress_close_date_refusal,
 )
 from domain.principal import Principal
-from domain.values import UtcDateTime
+from domain.values import UtcDateTime, earliest_today
 from store.claims import claim, claimed_within
 from store.db import as_utc
 from store.models import AuditEvent, Partner, ProcessRow
@@ -38,7 +40,9 @@ router = command_router(prefix="/v1/opportunities", tags=["opportunities"])
 
 
 class CancelBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """R-PO-6: an optional reason, nothing else (an unknown field is 422)."""
+
+    model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(default=None, max_length=4000)
 
 
@@ -164,7 +168,7 @@ async def resubmit_opportunity(
     po_id: str, body: ResubmitBody, principal: CurrentUser, processes: Processes
 ) -> OpportunityView:
     """R-PO-7: after a return for information, the edited PO goes back to the same PDM."""
-    edited = OpportunityCreate.model_validate(body.model_dump(exclude={"comment"}))
+    edited = OpportunityFields.model_validate(body.model_dump(exclude={"comment"}))
     return await processes.partner_update(
         process="opportunity",
         noun="opportunity",
@@ -182,9 +186,19 @@ async def update_opportunity_progress(
     po_id: str, body: OpportunityProgress, principal: CurrentUser, processes: Processes
 ) -> OpportunityView:
     """R-PO-9 / R-PO-11: stage (won, lost, delivered) and edits after approval; a new customer
-    or project re-opens verification."""
+    or project re-opens verification. A past `expected_close_date` is 422 unless the PATCH
+    records a stage or the PO is already won (`OpportunityProgress`)."""
     if not body.model_dump(exclude_none=True):
         raise ApiError("PF.VALIDATION_FAILED", "send at least one field to change")
+    if body.expected_close_date is not None:
+        row = await load_opportunity(processes.sessions, po_id, principal)
+        why = progress_close_date_refusal(body, status=row.status, today=earliest_today())
+        if why is not None:
+            raise ApiError(
+                "PF.VALIDATION_FAILED",
+                why,
+                [{"loc": ["body", "expected_close_date"], "msg": why, "type": "date_in_past"}],
+            )
     return await processes.partner_update(
         process="opportunity",
         noun="opportunity",

@@ -30,9 +30,11 @@ from domain.tasks import (
     UnclaimTask,
     completion_data_refusal,
     data_shape_error,
+    people_named,
 )
 from domain.values import UtcDateTime
 from store.db import as_utc
+from store.directory import known_people, unlisted_holder
 from store.inbox import InboxFilters, InboxSort, list_tasks, summaries_of
 from store.lists import BadCursor
 from store.models import ProcessRow, TaskRow
@@ -183,17 +185,22 @@ async def load_task(
 async def inbox(
     principal: CurrentUser,
     session: SessionDep,
-    kind: Annotated[str | None, Query(max_length=32)] = None,
+    kind: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     status: Literal["open", "completed", "cancelled"] | None = "open",
     assignee: Annotated[
-        str | None, Query(max_length=128, description="'me' or a person id")
+        str | None, Query(min_length=1, max_length=128, description="'me' or a person id")
     ] = None,
-    process_id: Annotated[str | None, Query(max_length=200)] = None,
+    process_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     process: Annotated[
-        str | None, Query(max_length=32, description=f"one of {', '.join(RESOURCE_OF_PROCESS)}")
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            description=f"one of {', '.join(RESOURCE_OF_PROCESS)}",
+        ),
     ] = None,
     partner_id: Annotated[
-        str | None, Query(max_length=64, description="staff: one partner's tasks")
+        str | None, Query(min_length=1, max_length=64, description="staff: one partner's tasks")
     ] = None,
     due_before: Annotated[
         datetime | None, Query(description="ISO 8601, due strictly before")
@@ -207,7 +214,8 @@ async def inbox(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Any:
     """Tasks the caller may see, most urgent first by default: overdue, then earliest due,
-    undated last. Each row carries its process's one-line `summary` and `claimed_by`."""
+    undated last. Each row carries its process's one-line `summary` and `claimed_by`.
+    A filter sent empty (`?process_id=`) is 422, never "no filter": omit it instead."""
     check_partner_filter(principal, partner_id)
     if process is not None and process not in RESOURCE_OF_PROCESS:
         raise ApiError(
@@ -261,6 +269,37 @@ def task_kind_of(row: TaskRow) -> TaskKind | None:
     return None
 
 
+async def check_people_named(
+    processes: ProcessGateway, row: TaskRow, kind: TaskKind, body: Completion
+) -> None:
+    """Every person the completion's data names (`domain.tasks.NamesPerson`, e.g. po.dispatch's
+    `pdm` and `psm`) is someone the service knows in that capacity (`store.directory`: 422
+    PF.PERSON_UNKNOWN) and, when they will hold the next task, may hold it: not the item's
+    submitter (R-X-5, 422 PF.ASSIGNEE_NOT_ELIGIBLE). Checked before the Update: nothing is sent
+    or written when it fails."""
+    named = people_named(kind, body.outcome, body.data)
+    if not named:
+        return
+    submitter = HumanTask.model_validate(row.body).submitted_by
+    policy = processes.settings.policy
+    async with processes.sessions() as session:
+        for field, person, mark in named:
+            if mark.holds_task and submitter is not None and person == submitter:
+                raise ApiError(
+                    "PF.ASSIGNEE_NOT_ELIGIBLE",
+                    f"{person} submitted this item and may not hold its {kind.name} work (R-X-5)",
+                    {"field": f"data.{field}", "person": person},
+                )
+            known = await known_people(session, mark.directory, policy)
+            if person not in known:
+                raise ApiError(
+                    "PF.PERSON_UNKNOWN",
+                    f"data.{field} names {person}, who is not a known {mark.directory} "
+                    "(the routing table names them; ops add people there)",
+                    {"field": f"data.{field}", "person": person, "known": sorted(known)[:50]},
+                )
+
+
 async def _complete_one(
     processes: ProcessGateway, *, principal: Principal, task_id: str, body: Completion
 ) -> dict[str, Any]:
@@ -274,6 +313,7 @@ async def _complete_one(
             raise ApiError(
                 "PF.INVALID_DATA", f"data for outcome {body.outcome!r} is not valid", refusal
             )
+        await check_people_named(processes, row, kind, body)
     # The Update id names the task and the caller (R-X-6): two actors never share a decision.
     return await processes.update_json(
         row.process_id,
@@ -334,7 +374,9 @@ async def complete_task(
 async def reassign_task(
     task_id: str, body: Reassignment, principal: CurrentUser, processes: Processes
 ) -> dict[str, Any]:
-    """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5)."""
+    """Dispatchers and leads move a task to another person (e.g. after escalation, R-PO-5).
+    A kind whose holders the service lists (`TaskKind.holder_directory`: po.review, PDMs) goes
+    only to someone listed (422 PF.PERSON_UNKNOWN); R-X-5 is the workflow's check."""
     async with processes.sessions() as session:
         row = await session.get(TaskRow, task_id)
     if row is None:
@@ -342,6 +384,18 @@ async def reassign_task(
     access.check_may_reassign(principal, row)
     if row.status != "open":
         raise ApiError("PF.TASK_NOT_OPEN", f"task {task_id} is {row.status}")
+    kind = task_kind_of(row)
+    # who before what: a caller who may not reassign this kind hears the workflow's 403 first
+    if kind is not None and principal.has(*kind.reassign_roles):
+        async with processes.sessions() as session:
+            known = await unlisted_holder(session, kind, body.assignee, processes.settings.policy)
+        if known is not None:
+            raise ApiError(
+                "PF.PERSON_UNKNOWN",
+                f"{body.assignee} is not a known {kind.holder_directory}, who alone hold "
+                f"{kind.name} tasks (the routing table names them; ops add people there)",
+                {"field": "assignee", "person": body.assignee, "known": sorted(known)[:50]},
+            )
     return await processes.update_json(
         row.process_id,
         ProcessWorkflow.reassign_task,

@@ -27,6 +27,7 @@ from api.frame import command_router
 from config import Environment
 from domain.events import unknown_patterns
 from domain.principal import Principal, Role
+from domain.values import url_credentials_refusal
 from store.db import transaction
 from store.events import utc_z
 from store.models import WebhookDelivery, WebhookSubscription, utcnow
@@ -36,8 +37,9 @@ router = command_router(prefix="/v1/webhook-subscriptions", tags=["webhooks"])
 
 
 class WebhookSubscriptionCreate(BaseModel):
-    """`url`: where deliveries go (https outside development). `event_types`: exact types
-    (`opportunity.approved`, `task.opened`) or wildcards (`*`, `<process>.*` like `task.*`)."""
+    """`url`: where deliveries go (https outside development; no credentials in it).
+    `event_types`: exact types (`opportunity.approved`, `task.opened`) or wildcards (`*`,
+    `<process>.*` like `task.*`). An unknown field is refused with 422."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -58,9 +60,15 @@ class WebhookSubscriptionCreate(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _length(cls, url: AnyUrl) -> AnyUrl:
+    def _length_and_no_credentials(cls, url: AnyUrl) -> AnyUrl:
+        """At most 2000 characters, and no credentials (`https://user:pass@host/…`): the URL is
+        stored and shown in the subscription and its delivery log; receivers authenticate us
+        by the signature (Standard Webhooks), not by a secret in the URL."""
         if len(str(url)) > 2000:
             raise ValueError("the URL is longer than 2000 characters")
+        why = url_credentials_refusal(str(url))
+        if url.username is not None or url.password is not None or why is not None:
+            raise ValueError(why or "the URL must not carry credentials")
         return url
 
 
@@ -340,9 +348,9 @@ async def list_webhook_deliveries(
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
         raise ApiError("PF.BAD_REQUEST", "`cursor` must be a next_cursor from this log")
     stmt = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription_id)
-    if status:
+    if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
-    if cursor:
+    if cursor is not None:
         stmt = stmt.where(col(WebhookDelivery.id) < int(cursor))
     stmt = stmt.order_by(col(WebhookDelivery.id).desc()).limit(limit + 1)
     async with sessions() as session:
