@@ -21,7 +21,7 @@ from api.auth import CurrentUser, require_partner_user
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.processes import load_partner_item, workflow_is_running
+from api.processes import load_partner_item
 from api.routes.opportunities import History, read_history
 from config import Settings
 from domain.incentives import (
@@ -45,7 +45,7 @@ from domain.incentives import (
     source_key,
 )
 from domain.principal import Principal, Role
-from store.claims import claimed_within
+from store.claims import claimed_within, workflow_is_running
 from store.incentives import (
     PERSON_SCOPE,
     SOURCE_SCOPE,
