@@ -30,7 +30,6 @@ from domain.incentives import (
     IncentiveInput,
     IncentiveResubmission,
     IncentiveSource,
-    IncentiveStatus,
     IncentiveView,
     InvoiceList,
     InvoiceSubmission,
@@ -45,7 +44,7 @@ from domain.incentives import (
     source_key,
 )
 from domain.principal import Principal, Role
-from store.claims import claimed_within, workflow_is_running
+from store.claims import CLAIM_SCOPES, claimed_within, workflow_is_running
 from store.incentives import (
     PERSON_SCOPE,
     SOURCE_SCOPE,
@@ -218,8 +217,8 @@ def _liveness(
         status = await incentive_status(sessions, inc_id)
         if status is not None:
             # A rejected application frees its source; it still counts in its month (R-INC-4)
-            # and still binds its person to its path (R-INC-3).
-            return not (scope == SOURCE_SCOPE and status == IncentiveStatus.rejected.value)
+            # and still binds its person to its path (R-INC-3): `CLAIM_SCOPES[...].released_at`.
+            return status not in CLAIM_SCOPES[scope].released_at
         # Not recorded yet: starting now (the claim is fresh), running, or a failed start.
         if await claimed_within(
             sessions, scope=scope, key=key, holder=holder, grace=timedelta(seconds=grace)
