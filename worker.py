@@ -66,6 +66,7 @@ def all_activities(sessions: async_sessionmaker[AsyncSession]) -> list[Callable[
         accounts.dissociate_account,
         incentives.payment_eligibility,
         po_claims.claim_approval,
+        po_claims.move_open_claim,
         po_claims.release_approval,
     ]
 

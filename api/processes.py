@@ -181,19 +181,6 @@ def update_name(update: Any) -> str:
     return str(getattr(update, "__name__", "update"))
 
 
-async def workflow_is_running(client: Client, workflow_id: str) -> bool:
-    from temporalio.client import WorkflowExecutionStatus
-    from temporalio.service import RPCError, RPCStatusCode
-
-    try:
-        desc = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return desc.status is WorkflowExecutionStatus.RUNNING
-
-
 async def load_process(
     sessions: async_sessionmaker[AsyncSession], *, process: str, item_id: str, noun: str
 ) -> ProcessRow:

@@ -334,9 +334,10 @@ def match_key(customer_name: str, project_name: str) -> str:
     return f"{customer_key(customer_name)}|{_NOISE.sub('', _fold(project_name))}"
 
 
-def claim_key(partner_id: str, body: OpportunityFields) -> str:
-    """One open PO per partner and (customer, project): a second start of the same PO is refused."""
-    return f"{partner_id}|{match_key(body.customer_name, body.project_name)}"
+def claim_key(partner_id: str, key: str) -> str:
+    """R-PO-4's `po-open` claim key for a PO of `partner_id` under `match_key` `key`: one open
+    PO per partner and normalised (customer, project)."""
+    return f"{partner_id}|{key}"
 
 
 def jsonable(model: BaseModel) -> dict[str, Any]:

@@ -234,10 +234,10 @@ async def append_events(session: AsyncSession, t: Transition) -> int:
 
 @dataclass(frozen=True)
 class EventScope:
-    """Whose events a reader sees; the union of what each field admits. The API builds it from
-    the access policy (`api.routes.events.event_scope`, R-X-8):
+    """Whose events a reader sees; the union of what each field admits. The feed and webhooks
+    build it from the access policy (`store.feed_access.event_scope`, R-X-8):
 
-    - `everything`: all events (an ops admin's webhook subscription);
+    - `everything`: all events (tests and tools; no caller's scope);
     - `kinds`: events of these process kinds (staff roles that read them);
     - `partner_id`: one partner's own processes' events;
     - `addressed_partner_id`: events addressed to a partner (a reseller's application to a

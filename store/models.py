@@ -284,7 +284,9 @@ class Event(SQLModel, table=True):
 
 
 class WebhookSubscription(SQLModel, table=True):
-    """A URL subscribed to event types. `partner_id` is the scope (None: all partners, ops).
+    """A URL subscribed to event types, on behalf of its subscriber: `created_by` with
+    `subscriber_roles` and `partner_id` (None: a staff token, ops). It receives exactly the
+    events that subscriber's `GET /v1/events` shows (`store.feed_access`).
 
     `cursor_txid`/`cursor_id` is how far the dispatcher has turned the feed into deliveries.
     """
@@ -302,6 +304,11 @@ class WebhookSubscription(SQLModel, table=True):
     previous_secret_expires_at: datetime | None = _ts(nullable=True)
     status: str = Field(default="active", max_length=16)
     created_by: str = Field(max_length=128)
+    # the creating token's roles: the subscription sees what its creator's feed shows (R-X-8);
+    # None on rows made before they were kept (read as the role creation required)
+    subscriber_roles: list[str] | None = Field(
+        default=None, sa_column=sa.Column(JSONType, nullable=True)
+    )
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     cursor_txid: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))

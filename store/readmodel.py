@@ -20,6 +20,7 @@ from domain.opportunity import (
 )
 from domain.projection import Transition
 from domain.summaries import process_addressee, process_summary, search_text
+from store.claims import release_closed
 from store.events import append_events
 from store.models import (
     AuditEvent,
@@ -71,6 +72,8 @@ def notification_key(process_id: str, version: int, position: int) -> str:
 
 async def apply_transition(session: AsyncSession, t: Transition) -> None:
     """Write one transition: its events, process row, tasks, audit rows, outbox rows. Idempotent.
+    A transition that closes its process also gives back the claims its new status releases
+    (`store.claims.release_closed`), in the same transaction.
 
     Rows move only forward (`version`), audit rows and outbox rows are keyed by the transition's
     version, so a retried or replayed activity leaves the store as one run would. A row belongs
@@ -128,6 +131,8 @@ async def apply_transition(session: AsyncSession, t: Transition) -> None:
         if owner is not None and owner != t.origin_run_id:
             READ_MODEL_CONFLICTS.labels(process=rec.process).inc()
             raise ReadModelConflict(rec.id, rec.process, owner, t.origin_run_id)
+    # a process that closes gives back its exclusive claims with the same commit
+    await release_closed(session, process=rec.process, process_id=rec.id, status=rec.status)
 
     for task in t.tasks:
         task_row = {

@@ -25,7 +25,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from domain.events import matches
 from store.db import as_utc, transaction
-from store.events import EventScope, encode_event_id, feed_head, read_feed
+from store.events import encode_event_id, feed_head, read_feed
+from store.feed_access import event_scope, read_visible, subscriber
 from store.models import OutboxMessage, WebhookDelivery, WebhookSubscription, utcnow
 
 ACTIVE = "active"
@@ -43,13 +44,6 @@ def new_subscription_id() -> str:
     return f"whs_{uuid.uuid4().hex}"
 
 
-def subscription_scope(partner_id: str | None) -> EventScope:
-    """A partner's subscription sees what its partner's users see; ops' (no partner) all."""
-    if partner_id is None:
-        return EventScope(everything=True)
-    return EventScope(partner_id=partner_id)
-
-
 async def create_subscription(
     session: AsyncSession,
     *,
@@ -57,8 +51,11 @@ async def create_subscription(
     url: str,
     event_types: list[str],
     created_by: str,
+    subscriber_roles: list[str],
 ) -> WebhookSubscription:
-    """Insert an active subscription starting at the feed's head (caller commits)."""
+    """Insert an active subscription starting at the feed's head (caller commits). It delivers
+    what the subscriber (`created_by` with `subscriber_roles` and `partner_id`) sees in the
+    feed (`store.feed_access.subscriber`)."""
     cursor_txid, cursor_id = await feed_head(session)
     now = utcnow()
     sub = WebhookSubscription(
@@ -69,6 +66,7 @@ async def create_subscription(
         secret=new_secret(),
         status=ACTIVE,
         created_by=created_by,
+        subscriber_roles=subscriber_roles,
         created_at=now,
         updated_at=now,
         cursor_txid=cursor_txid,
@@ -123,7 +121,6 @@ async def dispatch_subscription(
                 .returning(
                     col(WebhookSubscription.cursor_txid),
                     col(WebhookSubscription.cursor_id),
-                    col(WebhookSubscription.partner_id),
                     col(WebhookSubscription.event_types),
                 )
                 .execution_options(synchronize_session=False)
@@ -131,13 +128,17 @@ async def dispatch_subscription(
         ).first()
         if locked is None:
             return 0  # deleted or disabled meanwhile
-        cursor_txid, cursor_id, partner_id, event_types = locked
-        scope = subscription_scope(partner_id)
-        events = await read_feed(session, scope, after=(cursor_txid, cursor_id), limit=batch_size)
-        if not events:
+        cursor_txid, cursor_id, event_types = locked
+        sub = await session.get(WebhookSubscription, subscription_id)
+        assert sub is not None
+        # exactly what the subscriber's GET /v1/events shows (R-X-8): one rule, not a copy
+        page = await read_visible(
+            session, subscriber(sub), after=(cursor_txid, cursor_id), limit=batch_size
+        )
+        if page.cursor is None:
             return 0
         now = utcnow()
-        for event in events:
+        for event in page.visible:
             assert event.id is not None
             if not matches(list(event_types), event.type):
                 continue
@@ -152,14 +153,14 @@ async def dispatch_subscription(
                 next_attempt_at=now,
             )
             await session.exec(stmt.on_conflict_do_nothing())
-        tail = events[-1]
+        # past every row read, shown or not
         await session.exec(
             sa.update(WebhookSubscription)
             .where(col(WebhookSubscription.id) == subscription_id)
-            .values(cursor_txid=tail.txid, cursor_id=tail.id)
+            .values(cursor_txid=page.cursor[0], cursor_id=page.cursor[1])
             .execution_options(synchronize_session=False)
         )
-        return len(events)
+        return page.read
 
 
 async def subscriptions_with_new_events(
@@ -178,7 +179,8 @@ async def subscriptions_with_new_events(
         due = []
         for sub in subs:
             after = (sub.cursor_txid, sub.cursor_id)
-            if await read_feed(session, subscription_scope(sub.partner_id), after=after, limit=1):
+            scope = event_scope(subscriber(sub))
+            if await read_feed(session, scope, after=after, limit=1):
                 due.append(sub.id)
         return due
 

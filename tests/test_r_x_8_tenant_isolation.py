@@ -258,8 +258,11 @@ async def created(stack: Stack, path: str, headers: Headers, body: dict[str, Any
     return r.json()
 
 
-async def build_world(stack: Stack) -> World:
-    tag = uuid.uuid4().hex[:8]
+async def build_world(stack: Stack, tag: str | None = None) -> World:
+    """One item of every process, owned by fresh partners named after `tag` (`p-own-<tag>`,
+    `p-oth-<tag>`, the reseller `p-res-<tag>`, the distributors `p-dist-<tag>` and
+    `p-dist2-<tag>`)."""
+    tag = tag or uuid.uuid4().hex[:8]
     owner_id, other_id = f"p-own-{tag}", f"p-oth-{tag}"
     reseller_id, dist_id, dist_other_id = f"p-res-{tag}", f"p-dist-{tag}", f"p-dist2-{tag}"
     for pid, kind in ((owner_id, "solution_provider"), (other_id, "solution_provider")):

@@ -104,20 +104,29 @@ async def test_r_po_4_concurrent_claims_have_exactly_one_winner(
     assert len(holder) == 1
 
 
+# a scope store.claims.CLAIM_SCOPES describes (claim() refuses any other)
+PO_OPEN = "po-open"
+
+
 async def test_r_po_4_a_stale_claim_is_taken_over(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     async def live(_: str) -> bool:
         return False
 
-    assert await claim(sessions, scope="s", key="k", owner_id="old", holder_is_live=live) is None
-    assert await claim(sessions, scope="s", key="k", owner_id="new", holder_is_live=live) is None
+    assert (
+        await claim(sessions, scope=PO_OPEN, key="k", owner_id="old", holder_is_live=live) is None
+    )
+    assert (
+        await claim(sessions, scope=PO_OPEN, key="k", owner_id="new", holder_is_live=live) is None
+    )
 
     async def alive(_: str) -> bool:
         return True
 
     assert (
-        await claim(sessions, scope="s", key="k", owner_id="third", holder_is_live=alive) == "new"
+        await claim(sessions, scope=PO_OPEN, key="k", owner_id="third", holder_is_live=alive)
+        == "new"
     )
 
 
@@ -136,21 +145,25 @@ async def test_r_po_4_a_fresh_claim_counts_as_live_until_its_grace_runs_out(
     async def unknown(_: str) -> bool:
         return False
 
-    assert await claim(sessions, scope="s", key="k", owner_id="a", holder_is_live=unknown) is None
+    assert (
+        await claim(sessions, scope=PO_OPEN, key="k", owner_id="a", holder_is_live=unknown) is None
+    )
     assert await claimed_within(
-        sessions, scope="s", key="k", holder="a", grace=timedelta(seconds=60)
+        sessions, scope=PO_OPEN, key="k", holder="a", grace=timedelta(seconds=60)
     )
     assert not await claimed_within(
-        sessions, scope="s", key="k", holder="b", grace=timedelta(seconds=60)
+        sessions, scope=PO_OPEN, key="k", holder="b", grace=timedelta(seconds=60)
     )
     async with sessions() as session, session.begin():  # the claim is now an hour old
         await session.exec(update(Claim).values(created_at=datetime.now(UTC) - timedelta(hours=1)))
     assert not await claimed_within(
-        sessions, scope="s", key="k", holder="a", grace=timedelta(seconds=60)
+        sessions, scope=PO_OPEN, key="k", holder="a", grace=timedelta(seconds=60)
     )
-    assert await claim(sessions, scope="s", key="k", owner_id="b", holder_is_live=unknown) is None
+    assert (
+        await claim(sessions, scope=PO_OPEN, key="k", owner_id="b", holder_is_live=unknown) is None
+    )
     assert await claimed_within(
-        sessions, scope="s", key="k", holder="b", grace=timedelta(seconds=60)
+        sessions, scope=PO_OPEN, key="k", holder="b", grace=timedelta(seconds=60)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from store.db import transaction
 from store.models import OutboxMessage, WebhookDelivery, utcnow
 from store.webhooks import create_subscription, new_secret, signing_secrets
 from tests.conftest import ApiServer, Stack, eventually, free_port
-from tests.helpers import Actors, SettingsTokens, submit
+from tests.helpers import Actors, SettingsTokens, complete, submit
 from tests.test_events import apply, transition
 
 
@@ -496,6 +497,7 @@ async def test_events_committed_while_no_sender_ran_are_delivered_once_by_two_se
             url=receiver.url("/hook/7"),
             event_types=["opportunity.*"],
             created_by="u-acme-1",
+            subscriber_roles=["partner_admin"],
         )
     receiver.secrets["/hook/7"] = [sub.secret]
     for n in range(5):
@@ -605,3 +607,107 @@ async def test_a_replayed_answer_never_shows_a_one_time_secret_again(
 
             rows = (await session.exec(select(IdempotencyRecord))).all()
         assert all(secret.encode() not in (r.response or b"") for r in rows), name
+
+
+# --- R-X-8: a webhook delivers what its subscriber's feed shows -----------------------------------
+
+
+async def feed_of(stack: Stack, headers: dict[str, str], process_ids: set[str]) -> dict[str, str]:
+    """id -> type of the events of `process_ids` in the caller's GET /v1/events, read to its
+    end."""
+    seen: dict[str, str] = {}
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if after:
+            params["after"] = after
+        r = await stack.http.get("/v1/events", params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen |= {e["id"]: e["type"] for e in page["items"] if e["process_id"] in process_ids}
+        if not page["items"]:
+            return seen
+        after = page["next_cursor"]
+
+
+async def test_r_x_8_every_subscriber_receives_by_webhook_exactly_what_its_feed_shows(
+    stack: Stack, receiver: Receiver, subscriptions: list[tuple[str, dict[str, str]]]
+) -> None:
+    """For an item of every process of the registry (tests/test_r_x_8_tenant_isolation.py's
+    world), moved on (the distributor approves the reseller's application, the owner withdraws
+    its PO), and every kind of subscriber — the owner partner, the reseller that applied, the
+    distributor the application is addressed to, another partner, another distributor, ops —
+    the events delivered to its webhook are exactly the ones its GET /v1/events shows: one rule
+    (`store.feed_access`). The example: a distributor's webhook receives the application
+    addressed to it, and the review task offered to it."""
+    from tests.test_r_x_8_tenant_isolation import build_world
+    from workflows.registry import ALL_WORKFLOWS
+
+    tag = uuid.uuid4().hex[:8]
+    subscribers = {
+        "owner": stack.auth(f"u-p-own-{tag}", ["partner_admin"], f"p-own-{tag}"),
+        "reseller": stack.auth(f"u-p-res-{tag}", ["partner_admin"], f"p-res-{tag}"),
+        "addressed distributor": stack.auth(
+            f"da-{tag}", ["partner_admin", "distributor"], f"p-dist-{tag}"
+        ),
+        "other partner": stack.auth(f"u-p-oth-{tag}", ["partner_admin"], f"p-oth-{tag}"),
+        "other distributor": stack.auth(
+            f"d2a-{tag}", ["partner_admin", "distributor"], f"p-dist2-{tag}"
+        ),
+        "ops": stack.auth("ops-1", ["ops_admin"]),
+    }
+    paths = {name: f"/hook/{n}" for n, name in enumerate(subscribers)}
+    for name, headers in subscribers.items():
+        sub = await subscribe(stack, subscriptions, headers, receiver.url(paths[name]))
+        receiver.secrets[paths[name]] = [sub["secret"]]
+
+    world = await build_world(stack, tag)
+    assert {item.kind for item in world.items} == {w.process for w in ALL_WORKFLOWS}  # type: ignore[attr-defined]
+    by_kind = {item.kind: item for item in world.items}
+    application = by_kind["reseller_application"]
+    assert application.task_id is not None and application.assignee is not None
+    await complete(stack.http, application.assignee, application.task_id, "approve")
+    po = by_kind["opportunity"]
+    r = await stack.http.post(f"/v1/opportunities/{po.id}/cancel", headers=po.owner)
+    assert r.status_code == 200, r.text
+    process_ids = {item.id for item in world.items}
+
+    async def ops_saw_the_last_changes() -> bool:
+        # both last changes servable: everything committed before them is too (store.events)
+        types = set((await feed_of(stack, subscribers["ops"], process_ids)).values())
+        return {"reseller_application.approved", "opportunity.cancelled"} <= types
+
+    await eventually(ops_saw_the_last_changes, what="the world's last events in the ops feed")
+
+    async def webhooks_match_feeds() -> bool:
+        feeds = {
+            name: set(await feed_of(stack, headers, process_ids))
+            for name, headers in subscribers.items()
+        }
+        delivered = {
+            name: {
+                d.webhook_id
+                for d in receiver.at(paths[name])
+                if d.body["process_id"] in process_ids
+            }
+            for name in subscribers
+        }
+        return feeds == delivered
+
+    await eventually(webhooks_match_feeds, timeout=60, what="every webhook to match its feed")
+    at = {
+        name: {
+            (d.body["process"], d.body["type"])
+            for d in receiver.at(paths[name])
+            if d.body["process_id"] in process_ids
+        }
+        for name in subscribers
+    }
+    assert ("reseller_application", "reseller_application.approved") in at["addressed distributor"]
+    assert ("reseller_application", "task.opened") in at["addressed distributor"]
+    assert {p for p, _ in at["addressed distributor"]} == {"reseller_application"}
+    assert at["other partner"] == set() and at["other distributor"] == set()
+    assert {p for p, _ in at["ops"]} == {w.process for w in ALL_WORKFLOWS}  # type: ignore[attr-defined]
+    assert ("opportunity", "opportunity.cancelled") in at["owner"]
+    assert ("reseller_application", "reseller_application.approved") in at["reseller"]
+    assert all(d.verified_by == [0] for d in receiver.received)

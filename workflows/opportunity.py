@@ -15,7 +15,11 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from activities.opportunity_claims import ApprovalClaim, OpportunityClaimActivities
+    from activities.opportunity_claims import (
+        ApprovalClaim,
+        OpenClaimMove,
+        OpportunityClaimActivities,
+    )
     from activities.read_model import AssessRequest, ReadModelActivities
     from domain.errors import refuse
     from domain.opportunity import (
@@ -46,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.human_task import ProcessWorkflow, command, completes
 
 S = OpportunityStatus
+# R-PO-4 with R-PO-7 / R-PO-9: the "one open PO" claim follows a resubmitted or re-verified PO.
+OPEN_CLAIM_FOLLOWS_PATCH = "po-open-claim-follows"
 
 
 @workflow.defn(name="OpportunityReview")
@@ -239,6 +245,7 @@ class OpportunityReview(ProcessWorkflow):
 
     @command(ResubmitOpportunity, check="_check_resubmit_cmd")
     async def _resubmit(self, cmd: ResubmitOpportunity) -> None:
+        await self._follow_open_claim(cmd.opportunity)
         before = self._fields()
         self.po = cmd.opportunity
         self.duplicate_of = await self._look_for_duplicate()
@@ -261,13 +268,14 @@ class OpportunityReview(ProcessWorkflow):
     @command(UpdateProgress, check="_check_progress_cmd")
     async def _progress(self, cmd: UpdateProgress) -> None:
         change = cmd.progress.model_dump(exclude_none=True, exclude={"stage"}, mode="json")
-        before = self._fields()
-        self.po = self.po.model_copy(
+        edited = self.po.model_copy(
             update=cmd.progress.model_dump(exclude_none=True, exclude={"stage"})
         )
-        reverify = match_key(self.po.customer_name, self.po.project_name) != match_key(
-            before["customer_name"], before["project_name"]
-        )
+        reverify = match_key(edited.customer_name, edited.project_name) != self._key()
+        if reverify:
+            await self._follow_open_claim(edited)
+        before = self._fields()
+        self.po = edited
         entry = AuditEntry(
             actor=cmd.actor.sub,
             action="progress_updated",
@@ -385,6 +393,32 @@ class OpportunityReview(ProcessWorkflow):
                 submitted_by=self.inp.submitted_by,
             )
         await self.commit(audit=audit, notifications=[self.assignment_notice(task)])
+
+    async def _follow_open_claim(self, edited: OpportunityFields) -> None:
+        """R-PO-4 with R-PO-7 / R-PO-9: one open PO per partner, customer and project also after
+        an edit. A new (customer, project) moves the PO's `po-open` claim to the new key before
+        anything changes; another open PO of the partner holding it refuses the edit with
+        PF.OPPORTUNITY_EXISTS (`existing_id`), and nothing is written. The move also gives back
+        a `po-approved` claim on the old key (R-PO-9 re-opens verification). Executions begun
+        before the patch carry on without it."""
+        new = match_key(edited.customer_name, edited.project_name)
+        if new == self._key() or not workflow.patched(OPEN_CLAIM_FOLLOWS_PATCH):
+            return
+        holder = await self.store_activity(
+            OpportunityClaimActivities.move_open_claim,
+            OpenClaimMove(
+                po_id=self.process_id,
+                partner_id=self.inp.partner_id,
+                old_match_key=self._key(),
+                new_match_key=new,
+            ),
+        )
+        if holder is not None:
+            refuse(
+                "PF.OPPORTUNITY_EXISTS",
+                "this partner already has an open opportunity for the same customer and project",
+                existing_id=holder,
+            )
 
     async def _look_for_duplicate(self) -> str | None:
         assessment = await self.store_activity(

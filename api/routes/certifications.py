@@ -13,10 +13,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.auth import CurrentUser, require_partner_user
+from api.claims import claim_or_refuse
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.processes import load_partner_item, workflow_is_running
+from api.processes import load_partner_item
 from api.routes.opportunities import History, read_history
 from domain.certification import (
     ELIGIBLE_PARTNER_KIND,
@@ -33,7 +34,7 @@ from domain.certification import (
 )
 from domain.opportunity import RouteRequest
 from domain.principal import Principal, Role
-from store.claims import claim
+from store.claims import workflow_is_running
 from store.models import Partner, ProcessRow, RoutingRule
 from store.readmodel import best_rule
 from workflows.certification import Certification
@@ -76,19 +77,16 @@ async def submit_certification(
     # Who holds the claim: this request (its retries share the id, R-X-6).
     requester = await processes.new_id("cert-submission")
     sessions, temporal = processes.sessions, processes.temporal
-    holder = await claim(
-        sessions,
+    await claim_or_refuse(
+        processes,
         scope="cert",
         key=cert_id,
         owner_id=requester,
+        error_code="PF.CERTIFICATION_EXISTS",
+        message="this subject is already certified or under review; use its /recertify",
         holder_is_live=lambda _: _certification_exists(sessions, temporal, cert_id),
+        existing_id=cert_id,
     )
-    if holder is not None:
-        raise ApiError(
-            "PF.CERTIFICATION_EXISTS",
-            "this subject is already certified or under review; use its /recertify",
-            {"existing_id": cert_id},
-        )
     level = f" level {body.level}" if body.level else ""
     return await processes.start(
         Certification.run,

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import access
 from api.auth import CurrentUser, require_partner_admin
+from api.claims import claim_or_refuse
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
 from api.processes import ProcessGateway
 from api.routes.invitations import (
     Sessions,
-    holder_is_live,
     now,
     process_row,
     refused,
@@ -39,7 +39,6 @@ from domain.invitations import (
     CustomerInvitationView,
     DissociationCreate,
     DissociationInput,
-    DissociationStatus,
     DissociationView,
     RegisterCustomer,
     dissociation_answered,
@@ -47,7 +46,6 @@ from domain.invitations import (
 )
 from domain.principal import Principal, Role
 from store.accounts import account_facts
-from store.claims import claim
 from store.models import ProcessRow
 from workflows.customer_invitation import CustomerInvitation
 from workflows.dissociation import Dissociation
@@ -169,7 +167,7 @@ async def request_dissociation(
     """R-INV-6: the partner asks, with a reason, to end an account's association with it. One
     pending request per account (409 PF.DISSOCIATION_PENDING)."""
     partner_id = require_partner_admin(principal)
-    sessions, temporal = processes.sessions, processes.temporal
+    sessions = processes.sessions
     await registered_partner(sessions, partner_id)
     dis_id = await processes.new_id("dis")
     async with sessions() as session:
@@ -186,19 +184,14 @@ async def request_dissociation(
             f"account {body.account_id} is not associated with partner {partner_id}",
             {"account_id": body.account_id},
         )
-    holder = await claim(
-        sessions,
+    await claim_or_refuse(
+        processes,
         scope="dis-pending",
         key=f"{partner_id}|{body.account_id}",
         owner_id=dis_id,
-        holder_is_live=holder_is_live(sessions, temporal, {DissociationStatus.requested.value}),
+        error_code="PF.DISSOCIATION_PENDING",
+        message=f"a dissociation of {body.account_id} is already waiting for its answer",
     )
-    if holder is not None:
-        raise ApiError(
-            "PF.DISSOCIATION_PENDING",
-            f"a dissociation of {body.account_id} is already waiting for its answer",
-            {"existing_id": holder},
-        )
     return await processes.start(
         Dissociation.run,
         DissociationInput(

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api import access
 from api.auth import CurrentUser
 from api.deps import SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from domain.principal import Principal, Role
-from store.events import EventScope, decode_event_id, encode_event_id, public_event, read_feed
-from store.models import Event, TaskRow
+from domain.principal import Principal
+from store import feed_access
+from store.events import EventScope, decode_event_id, encode_event_id, public_event
 
 router = command_router(prefix="/v1/events", tags=["events"])
 
@@ -49,26 +44,9 @@ class EventPage(BaseModel):
 
 
 def event_scope(principal: Principal) -> EventScope:
-    """Whose events a caller sees: the events of the processes the access policy lets it read
-    (R-X-8, `api.access`). A partner-scoped token: its own partner's (and, with `distributor`,
-    those addressed to its partner); staff: the process kinds its roles read (`ops_admin`: all);
-    a personal account: the invitations and dissociations addressed to it. A task's events go
-    with its process.
-
-    Raises PF.FORBIDDEN for a caller who may read none."""
-    roles = access.effective_roles(principal)
-    scope = EventScope(
-        account_id=principal.sub if Role.account in roles else None,
-        account_kinds=access.ACCOUNT_PROCESSES,
-    )
-    if access.is_partner_scoped(principal):
-        if access.sees_own_partner(principal):
-            scope = replace(scope, partner_id=principal.partner_id)
-        if Role.distributor in roles:
-            scope = replace(scope, addressed_partner_id=principal.partner_id)
-    else:
-        kinds = {k for k, readers in access.PROCESS_READERS.items() if roles & readers}
-        scope = replace(scope, kinds=frozenset(kinds))
+    """`store.feed_access.event_scope`: whose events the caller sees (R-X-8), the same rule its
+    webhook subscriptions deliver by. Raises PF.FORBIDDEN for a caller who may read none."""
+    scope = feed_access.event_scope(principal)
     if scope.empty:
         raise ApiError("PF.FORBIDDEN", "this token's roles read no process, so no events")
     return scope
@@ -100,36 +78,21 @@ async def list_events(
 
     Reading from any cursor returns exactly the events after it, never skipping one that
     commits later and never repeating one (see `store.events`)."""
-    scope = event_scope(principal)
+    event_scope(principal)  # PF.FORBIDDEN for a caller who may read none
     cursor = parse_cursor(after)
     items: list[dict[str, Any]] = []
     async with sessions() as session:
         # Hidden task events are skipped: read on until a page shows something or the feed
         # ends, so an empty page still means "nothing more for you yet".
         while True:
-            rows = await read_feed(session, scope, after=cursor, limit=limit)
-            visible = await visible_events(session, principal, rows)
-            items = [public_event(row) for row in visible]
-            if rows and rows[-1].id is not None:
-                cursor = (rows[-1].txid, rows[-1].id)
-            if items or len(rows) < limit:
+            page = await feed_access.read_visible(session, principal, after=cursor, limit=limit)
+            items = [public_event(row) for row in page.visible]
+            if page.cursor is not None:
+                cursor = page.cursor
+            if items or page.read < limit:
                 break
     # The cursor moves past every row read, shown or not.
     return {
         "items": items,
         "next_cursor": encode_event_id(*cursor) if cursor is not None else after,
     }
-
-
-async def visible_events(
-    session: AsyncSession, principal: Principal, rows: Sequence[Event]
-) -> list[Event]:
-    """`rows` without the task events of tasks the caller may not see: a `task.*` event is
-    shown exactly to who may read the task (`access.may_see_task`, as GET /v1/tasks/{id}), its
-    process's readers are not enough (a PDM does not see a dispatcher's task)."""
-    task_ids = {str(r.data.get("id")) for r in rows if r.type.startswith("task.")}
-    if not task_ids:
-        return list(rows)
-    found = await session.exec(select(TaskRow).where(col(TaskRow.id).in_(sorted(task_ids))))
-    may_see = {t.id for t in found.all() if access.may_see_task(principal, t)}
-    return [r for r in rows if not r.type.startswith("task.") or r.data.get("id") in may_see]

@@ -21,7 +21,7 @@ from api.auth import CurrentUser, require_partner_user
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.processes import load_partner_item, workflow_is_running
+from api.processes import load_partner_item
 from api.routes.opportunities import History, read_history
 from config import Settings
 from domain.incentives import (
@@ -30,7 +30,6 @@ from domain.incentives import (
     IncentiveInput,
     IncentiveResubmission,
     IncentiveSource,
-    IncentiveStatus,
     IncentiveView,
     InvoiceList,
     InvoiceSubmission,
@@ -45,7 +44,7 @@ from domain.incentives import (
     source_key,
 )
 from domain.principal import Principal, Role
-from store.claims import claimed_within
+from store.claims import CLAIM_SCOPES, claimed_within, workflow_is_running
 from store.incentives import (
     PERSON_SCOPE,
     SOURCE_SCOPE,
@@ -218,8 +217,8 @@ def _liveness(
         status = await incentive_status(sessions, inc_id)
         if status is not None:
             # A rejected application frees its source; it still counts in its month (R-INC-4)
-            # and still binds its person to its path (R-INC-3).
-            return not (scope == SOURCE_SCOPE and status == IncentiveStatus.rejected.value)
+            # and still binds its person to its path (R-INC-3): `CLAIM_SCOPES[...].released_at`.
+            return status not in CLAIM_SCOPES[scope].released_at
         # Not recorded yet: starting now (the claim is fresh), running, or a failed start.
         if await claimed_within(
             sessions, scope=scope, key=key, holder=holder, grace=timedelta(seconds=grace)

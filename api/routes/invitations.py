@@ -7,27 +7,25 @@ association (see `workflows.invitation`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
 
 from api import access
 from api.auth import CurrentUser, require_partner_admin
+from api.claims import claim_or_refuse
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.processes import load_process, workflow_is_running
+from api.processes import load_process
 from api.routes.opportunities import History, read_history
 from domain.invitations import (
     AcceptInvitation,
     AssociationInvitationInput,
     InvitationCreate,
-    InvitationStatus,
     InvitationView,
     Refusal,
     RevokeInvitation,
@@ -36,7 +34,6 @@ from domain.invitations import (
 )
 from domain.principal import Principal, Role
 from store.accounts import account_facts
-from store.claims import claim
 from store.models import Partner, ProcessRow
 from workflows.invitation import AssociationInvitation
 
@@ -56,22 +53,6 @@ class RevokeBody(BaseModel):
 
 def refused(refusal: Refusal) -> ApiError:
     return ApiError(refusal.code, refusal.message, refusal.details or None)
-
-
-def holder_is_live(
-    sessions: Sessions, temporal: Client, live_statuses: set[str]
-) -> Callable[[str], Awaitable[bool]]:
-    """Whether the process holding a claim still holds it: its status is live, or it has no
-    read-model row yet and its workflow runs (it is being started)."""
-
-    async def live(other: str) -> bool:
-        async with sessions() as session:
-            row = await session.get(ProcessRow, other)
-        if row is not None:
-            return row.status in live_statuses
-        return await workflow_is_running(temporal, other)
-
-    return live
 
 
 async def registered_partner(sessions: Sessions, partner_id: str) -> Partner:
@@ -106,7 +87,7 @@ async def invite_account(
     before anything starts. The account has `invite_ttl` (P7D) to accept (R-INV-3). One pending
     invitation per partner and account (409 PF.INVITATION_PENDING)."""
     partner_id = require_partner_admin(principal)
-    sessions, temporal = processes.sessions, processes.temporal
+    sessions = processes.sessions
     await registered_partner(sessions, partner_id)
     inv_id = await processes.new_id("inv")
     async with sessions() as session:
@@ -123,19 +104,14 @@ async def invite_account(
     assert facts is not None
     # One pending invitation per partner and account; after expiry or revocation the
     # partner may invite again (a new invitation, R-INV-3 / R-INV-4).
-    holder = await claim(
-        sessions,
+    await claim_or_refuse(
+        processes,
         scope="inv-pending",
         key=f"{partner_id}|{body.account_id}",
         owner_id=inv_id,
-        holder_is_live=holder_is_live(sessions, temporal, {InvitationStatus.pending.value}),
+        error_code="PF.INVITATION_PENDING",
+        message=f"partner {partner_id} already has a pending invitation to {body.account_id}",
     )
-    if holder is not None:
-        raise ApiError(
-            "PF.INVITATION_PENDING",
-            f"partner {partner_id} already has a pending invitation to {body.account_id}",
-            {"existing_id": holder},
-        )
     return await processes.start(
         AssociationInvitation.run,
         AssociationInvitationInput(

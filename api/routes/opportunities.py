@@ -9,13 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
 
+from activities.opportunity_claims import open_po_holds
 from api.auth import CurrentUser, require_partner_user
+from api.claims import claim_or_refuse
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.processes import load_partner_item, workflow_is_running
+from api.processes import load_partner_item
 from domain.opportunity import (
     FINAL_STATUSES,
     CancelOpportunity,
@@ -27,11 +28,12 @@ from domain.opportunity import (
     ResubmitOpportunity,
     UpdateProgress,
     claim_key,
+    match_key,
     progress_close_date_refusal,
 )
 from domain.principal import Principal
 from domain.values import UtcDateTime, earliest_today
-from store.claims import claim, claimed_within
+from store.claims import PO_OPEN, workflow_is_running
 from store.db import as_utc
 from store.models import AuditEvent, Partner, ProcessRow
 from workflows.opportunity import OpportunityReview
@@ -77,30 +79,33 @@ async def submit_opportunity(
     body: OpportunityCreate, principal: CurrentUser, processes: Processes
 ) -> OpportunityView:
     """R-PO-1: submit a PO. It is routed (R-PO-2/3) and flagged (R-PO-4/8) before the answer.
-    One open PO per partner, customer and project (409 PF.OPPORTUNITY_EXISTS)."""
+    One open PO per partner, customer and project (409 PF.OPPORTUNITY_EXISTS, `existing_id`);
+    the claim follows the PO when its customer or project changes (R-PO-7, R-PO-9)."""
     partner_id = require_partner_user(principal)
     async with processes.sessions() as session:
         partner = await session.get(Partner, partner_id)
     if partner is None:
         raise ApiError("PF.PARTNER_NOT_REGISTERED", f"partner {partner_id} is not registered")
     po_id = await processes.new_id("po")
-    key = claim_key(partner_id, body)
+    key = claim_key(partner_id, match_key(body.customer_name, body.project_name))
     # longer than a start can take: until then an unrecorded holder is starting, not stale
     grace = timedelta(seconds=2 * processes.settings.update_timeout_seconds + 10)
     sessions, temporal = processes.sessions, processes.temporal
-    holder = await claim(
-        sessions,
-        scope="po-open",
+
+    async def running(workflow_id: str) -> bool:
+        return await workflow_is_running(temporal, workflow_id)
+
+    await claim_or_refuse(
+        processes,
+        scope=PO_OPEN.name,
         key=key,
         owner_id=po_id,
-        holder_is_live=lambda other: _po_is_live(sessions, temporal, other, key=key, grace=grace),
+        error_code="PF.OPPORTUNITY_EXISTS",
+        message="this partner already has an open opportunity for the same customer and project",
+        holder_is_live=lambda other: open_po_holds(
+            sessions, holder=other, key=key, grace=grace, running=running
+        ),
     )
-    if holder is not None:
-        raise ApiError(
-            "PF.OPPORTUNITY_EXISTS",
-            "this partner already has an open opportunity for the same customer and project",
-            {"existing_id": holder},
-        )
     return await processes.start(
         OpportunityReview.run,
         OpportunityReviewInput(
@@ -117,24 +122,6 @@ async def submit_opportunity(
         f"{body.amount} CNY",
         view=OpportunityView,
     )
-
-
-async def _po_is_live(
-    sessions: async_sessionmaker[AsyncSession],
-    temporal: Client,
-    po_id: str,
-    *,
-    key: str,
-    grace: timedelta,
-) -> bool:
-    async with sessions() as session:
-        row = await session.get(ProcessRow, po_id)
-    if row is not None:
-        return row.status not in {s.value for s in FINAL_STATUSES}
-    # Not recorded yet: being started right now (a fresh claim), running, or a failed start.
-    if await claimed_within(sessions, scope="po-open", key=key, holder=po_id, grace=grace):
-        return True
-    return await workflow_is_running(temporal, po_id)
 
 
 @router.get("/{po_id}", response_model=OpportunityView)

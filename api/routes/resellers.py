@@ -10,15 +10,15 @@ from typing import Any
 
 from api import access
 from api.auth import CurrentUser, require_partner_admin
+from api.claims import claim_or_refuse
 from api.deps import Processes, SessionsDep
 from api.errors import ApiError
 from api.frame import command_router
-from api.routes.invitations import Sessions, holder_is_live, process_row, registered_partner
+from api.routes.invitations import Sessions, process_row, registered_partner
 from api.routes.opportunities import History, read_history
 from domain.principal import Principal
 from domain.resellers import (
     DISTRIBUTOR_KIND,
-    LIVE_STATUSES,
     RESELLER_KIND,
     ResellerApplicationCreate,
     ResellerApplicationInput,
@@ -26,7 +26,6 @@ from domain.resellers import (
     claim_key,
 )
 from store.accounts import partner_contact
-from store.claims import claim
 from store.models import Partner, ProcessRow
 from workflows.reseller import ResellerApplication
 
@@ -45,7 +44,7 @@ async def apply_to_distributor(
     """R-RES-1: a reseller's admin applies to cooperate with a distributor. One live application
     per reseller and distributor (409 PF.APPLICATION_EXISTS)."""
     reseller_id = require_partner_admin(principal)
-    sessions, temporal = processes.sessions, processes.temporal
+    sessions = processes.sessions
     reseller = await registered_partner(sessions, reseller_id)
     if reseller.kind != RESELLER_KIND:
         raise ApiError(
@@ -62,20 +61,15 @@ async def apply_to_distributor(
             {"distributor_id": body.distributor_id},
         )
     app_id = await processes.new_id("res")
-    holder = await claim(
-        sessions,
+    await claim_or_refuse(
+        processes,
         scope="res-coop",
         key=claim_key(reseller_id, body.distributor_id),
         owner_id=app_id,
-        holder_is_live=holder_is_live(sessions, temporal, {s.value for s in LIVE_STATUSES}),
+        error_code="PF.APPLICATION_EXISTS",
+        message=f"{reseller_id} already has an application to {body.distributor_id} in review "
+        "or approved",
     )
-    if holder is not None:
-        raise ApiError(
-            "PF.APPLICATION_EXISTS",
-            f"{reseller_id} already has an application to {body.distributor_id} in review "
-            "or approved",
-            {"existing_id": holder},
-        )
     return await processes.start(
         ResellerApplication.run,
         ResellerApplicationInput(

@@ -1,8 +1,9 @@
 """Webhook subscriptions: subscribe a URL to event types, read the delivery log, rotate the
 signing secret, enable again after a disable, unsubscribe (DESIGN §3; issue 13).
 
-A partner admin's subscription receives its own partner's events (what its users see in
-`GET /v1/events`); an ops admin's (a token without `partner_id`) every partner's. Nothing here
+A subscription receives exactly the events its creator sees in `GET /v1/events` (R-X-8, one
+rule: `store.feed_access`): a partner admin's, its own partner's (and, with `distributor`, the
+resellers' applications addressed to its partner); an ops admin's, every partner's. Nothing here
 sends anything: the worker delivers (`activities.webhooks`), so no request waits for a receiver.
 """
 
@@ -183,7 +184,8 @@ async def create_webhook_subscription(
     sessions: SessionsDep,
     settings: SettingsDep,
 ) -> Any:
-    """Subscribe `url` to `event_types`; deliveries start with the events committed after this.
+    """Subscribe `url` to `event_types`; deliveries start with the events committed after this,
+    and are the events the caller sees in `GET /v1/events` (its roles are kept with it).
 
     The answer carries the signing `secret` (`whsec_…`), once. Raises PF.FORBIDDEN,
     PF.VALIDATION_FAILED (an event type no event can have), PF.WEBHOOK_URL_REFUSED (plain http
@@ -209,6 +211,7 @@ async def create_webhook_subscription(
             url=url,
             event_types=sorted(set(body.event_types)),
             created_by=principal.sub,
+            subscriber_roles=sorted(str(r) for r in access.effective_roles(principal)),
         )
     return public(sub, secret=sub.secret)
 
