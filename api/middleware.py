@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import Storage as AsyncStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
@@ -42,8 +42,8 @@ LATENCY = Histogram(
 
 
 class RateLimiter:
-    """R-X-1 through the `limits` library: a sliding-window counter per caller, `burst`
-    requests per `burst / requests_per_second` seconds (rounded up to whole seconds), in the
+    """R-X-1 through the `limits` library: a moving window per caller, at most `burst`
+    requests in any `burst / requests_per_second` seconds (rounded up to whole seconds), in the
     storage `limit.storage_url` names (`memory://`: this process; `redis://…`: shared by every
     replica, keys under `limit.key_prefix`).
 
@@ -65,7 +65,9 @@ class RateLimiter:
         storage = storage_from_string(url, **options)
         if not isinstance(storage, AsyncStorage):
             raise ValueError(f"rate_limit.storage_url {limit.storage_url!r} is not supported")
-        self.limiter = SlidingWindowCounterRateLimiter(storage)
+        # A moving window is exact: a sliding-window counter weighs the previous window and
+        # admits burst + 1 when a run of requests straddles a window boundary.
+        self.limiter = MovingWindowRateLimiter(storage)
 
     async def take(self, caller: str) -> float:
         """0 if allowed, else seconds until the caller may try again."""
