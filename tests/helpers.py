@@ -122,3 +122,22 @@ async def add_pdm(http: httpx.AsyncClient, admin: dict[str, str], pdm: str) -> N
     rules.append({"partner_id": f"p-none-{pdm}", "pdm": pdm})
     r = await http.put("/v1/admin/routing-rules", json=rules, headers=admin)
     assert r.status_code == 200, r.text
+
+
+def every_update() -> list[tuple[str, str, Any]]:
+    """(process, Update name, method) for every Update of every process workflow in the
+    registry (`workflows.ALL_WORKFLOWS`): tests that must hold for each Update enumerate this."""
+    from temporalio import workflow
+
+    from workflows import ALL_WORKFLOWS
+    from workflows.human_task import ProcessWorkflow
+
+    cases = []
+    for cls in ALL_WORKFLOWS:
+        if not issubclass(cls, ProcessWorkflow):
+            continue
+        defn = workflow._Definition.must_from_class(cls)
+        for name, update in sorted(defn.updates.items()):
+            if name is not None:
+                cases.append((cls.process, name, getattr(cls, update.fn.__name__)))
+    return cases

@@ -9,9 +9,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 from fastapi.routing import APIRoute
@@ -20,6 +18,7 @@ from sqlmodel import select
 from api.frame import COMMAND_METHODS, CommandRoute
 from api.idempotency import DONE, IN_FLIGHT, fingerprint, scope_of
 from api.main import create_app
+from api.openapi import route_table
 from store.models import IdempotencyRecord, ProcessRow
 from tests.conftest import Stack, eventually
 from tests.helpers import ALL_PASS, Actors, complete, history_actions, po_body
@@ -40,19 +39,6 @@ from tests.test_invitations import (  # noqa: F401 - `short` is a fixture
 from tests.test_resellers import Cast
 
 SUB = "ops-idem"
-
-
-def route_table(routes: Any) -> Iterator[tuple[APIRoute, str]]:
-    """Every APIRoute with its full path; FastAPI >= 0.16x keeps included routers whole."""
-    for route in routes:
-        if hasattr(route, "effective_candidates"):
-            for candidate in route.effective_candidates():
-                if hasattr(candidate, "effective_candidates"):
-                    yield from route_table([candidate])
-                elif isinstance(candidate.original_route, APIRoute):
-                    yield candidate.original_route, candidate.path
-        elif isinstance(route, APIRoute):
-            yield route, route.path
 
 
 def command_routes(stack: Stack) -> list[tuple[str, APIRoute, str]]:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio import workflow
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ApiError
@@ -26,8 +25,7 @@ from api.processes import ProcessGateway
 from config import Settings
 from store.db import transaction
 from store.models import ProcessRow
-from workflows import ALL_WORKFLOWS
-from workflows.human_task import ProcessWorkflow
+from tests.helpers import every_update
 
 
 class _ClosedHandle:
@@ -38,19 +36,6 @@ class _ClosedHandle:
 class _Temporal:
     def get_workflow_handle(self, _: str) -> _ClosedHandle:
         return _ClosedHandle()
-
-
-def every_update() -> list[tuple[str, str, Any]]:
-    cases = []
-    for cls in ALL_WORKFLOWS:
-        if not issubclass(cls, ProcessWorkflow):
-            continue
-        defn = workflow._Definition.must_from_class(cls)
-        for name, update in sorted(defn.updates.items()):
-            if name is None:
-                continue
-            cases.append((cls.process, name, getattr(cls, update.fn.__name__)))
-    return cases
 
 
 CASES = every_update()

@@ -35,6 +35,7 @@ from domain.certification import certification_id
 from domain.principal import Principal, Role
 from domain.tasks import CompleteTask
 from tests.conftest import Stack, eventually
+from tests.helpers import every_update
 from workflows import ALL_WORKFLOWS
 from workflows.human_task import ProcessWorkflow
 
@@ -121,18 +122,6 @@ def _gateway() -> ProcessGateway:
         sessions=None,  # type: ignore[arg-type]  # a refusal never reaches the store
         idem=IdempotencyGuard(),
     )
-
-
-def every_update() -> list[tuple[str, str, Any]]:
-    cases = []
-    for cls in ALL_WORKFLOWS:
-        if not issubclass(cls, ProcessWorkflow):
-            continue
-        defn = workflow._Definition.must_from_class(cls)
-        for name, update in sorted(defn.updates.items()):
-            if name is not None:
-                cases.append((cls.process, name, getattr(cls, update.fn.__name__)))
-    return cases
 
 
 UPDATES = every_update()
