@@ -28,6 +28,7 @@ import re
 import time
 import typing
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -274,6 +275,15 @@ def string_fields(spec: dict[str, Any], schema: dict[str, Any]) -> list[tuple[st
     return fields
 
 
+def json_body_operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, method, resolved body schema) of every operation in the OpenAPI with a JSON body."""
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            content = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if content is not None:
+                yield path, method, resolve(spec, content["schema"])
+
+
 NUL_TEXT = "\u51b7\u94fe\u0000\u8ffd\u8e2a"  # 冷链<NUL>追踪
 
 
@@ -281,25 +291,20 @@ async def test_every_string_field_of_every_body_refuses_control_characters(stack
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = 0
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            content = op.get("requestBody", {}).get("content", {}).get("application/json")
-            if content is None:
-                continue
-            schema = resolve(spec, content["schema"])
-            element = schema.get("items") if schema.get("type") == "array" else None
-            for name, is_list in string_fields(spec, element or schema):
-                for bad in (NUL_TEXT, "a\u0001b", "a\u001fb", "a\bb"):
-                    value: Any = [bad] if is_list else bad
-                    body: Any = {name: value}
-                    r = await stack.http.request(
-                        method.upper(),
-                        concrete(path, values),
-                        json=[body] if element else body,
-                        headers=identity_for(stack, path),
-                    )
-                    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
-                checked += 1
+    for path, method, schema in json_body_operations(spec):
+        element = schema.get("items") if schema.get("type") == "array" else None
+        for name, is_list in string_fields(spec, element or schema):
+            for bad in (NUL_TEXT, "a\u0001b", "a\u001fb", "a\bb"):
+                value: Any = [bad] if is_list else bad
+                body: Any = {name: value}
+                r = await stack.http.request(
+                    method.upper(),
+                    concrete(path, values),
+                    json=[body] if element else body,
+                    headers=identity_for(stack, path),
+                )
+                assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+            checked += 1
     assert checked > 30
     # and the data of a task completion, free-form JSON
     r = await stack.http.post(
@@ -427,28 +432,23 @@ async def test_every_body_route_refuses_an_unknown_field_naming_it(stack: Stack)
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            content = op.get("requestBody", {}).get("content", {}).get("application/json")
-            if content is None:
-                continue
-            schema = resolve(spec, content["schema"])
-            body: Any = {UNKNOWN: "1"}
-            if schema.get("type") == "array":
-                body = [body]
-            key = f"unknown-{uuid.uuid4().hex}"
-            headers = {**identity_for(stack, path), "Idempotency-Key": key}
-            url = concrete(path, values)
-            r = await stack.http.request(method.upper(), url, json=body, headers=headers)
-            assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
-            errors = r.json()["details"]
-            assert any(
-                e["loc"][-1] == UNKNOWN and e["type"] == "extra_forbidden" for e in errors
-            ), (method, path, errors)
-            if method in ("post", "patch"):
-                sub = identity_sub(path)
-                assert not await idempotency_record(stack, sub, method, url, key), (method, path)
-            checked.append((method, path))
+    for path, method, schema in json_body_operations(spec):
+        body: Any = {UNKNOWN: "1"}
+        if schema.get("type") == "array":
+            body = [body]
+        key = f"unknown-{uuid.uuid4().hex}"
+        headers = {**identity_for(stack, path), "Idempotency-Key": key}
+        url = concrete(path, values)
+        r = await stack.http.request(method.upper(), url, json=body, headers=headers)
+        assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+        errors = r.json()["details"]
+        assert any(
+            e["loc"][-1] == UNKNOWN and e["type"] == "extra_forbidden" for e in errors
+        ), (method, path, errors)
+        if method in ("post", "patch"):
+            sub = identity_sub(path)
+            assert not await idempotency_record(stack, sub, method, url, key), (method, path)
+        checked.append((method, path))
     assert len(checked) > 25
 
 
