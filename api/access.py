@@ -6,7 +6,7 @@ check of its own. The rule (DESIGN R-X-8, §3):
 - A caller whose token carries `partner_id` is *partner-scoped*: it sees and acts on its own
   partner's items only, whatever roles its token names (acting still needs the right role:
   owner actions a partner user's, decisions the task's — and R-X-5 refuses deciding on one's own
-  partner's item). A distributor's users also see the
+  partner's item). A distributor's users (any role) also see the
   resellers' applications addressed to their partner (`view.distributor_id`) and the
   `res.review` tasks offered to it (`assignee_partner_id`) — nothing else. Staff roles on a
   partner-scoped token count for nothing (a token `{"roles": ["ops_admin"], "partner_id": …}`
@@ -83,6 +83,14 @@ def sees_own_partner(principal: Principal) -> bool:
     return is_partner_scoped(principal) and bool(set(principal.roles) - {Role.account})
 
 
+def sees_addressed(principal: Principal) -> bool:
+    """R-X-8: whether the caller sees the processes addressed to its partner
+    (`ADDRESSED_PROCESSES`, e.g. a reseller's application to its distributor): every user of
+    that partner does, as it sees its own partner's items, whatever its roles; deciding on them
+    still takes the task's role (`distributor` for `res.review`)."""
+    return sees_own_partner(principal)
+
+
 def has_role(principal: Principal, *roles: Role) -> bool:
     """Whether one of `roles` counts for this caller (see `effective_roles`)."""
     return bool(effective_roles(principal) & set(roles))
@@ -116,7 +124,7 @@ def may_see_process(
             return True
         key = ADDRESSED_PROCESSES.get(process)
         return (
-            key is not None and Role.distributor in roles and view.get(key) == principal.partner_id
+            key is not None and sees_addressed(principal) and view.get(key) == principal.partner_id
         )
     return bool(roles & PROCESS_READERS.get(process, frozenset()))
 
@@ -173,7 +181,7 @@ def process_filter(principal: Principal, process: str | None = None) -> Any:
                     col(ProcessRow.process).in_(kinds),
                 )
             )
-        if Role.distributor in roles:
+        if sees_addressed(principal):
             for kind, key in ADDRESSED_PROCESSES.items():
                 if kind in kinds:
                     clauses.append(

@@ -23,8 +23,8 @@ from store.models import Event, TaskRow, WebhookSubscription
 
 def event_scope(principal: Principal) -> EventScope:
     """Whose events `principal` sees: the events of the processes the access policy lets it
-    read (R-X-8, `api.access`). A partner-scoped token: its own partner's (and, with
-    `distributor`, those addressed to its partner); staff: the process kinds its roles read
+    read (R-X-8, `api.access`). A partner-scoped token: its own partner's and those
+    addressed to its partner (`access.sees_addressed`); staff: the process kinds its roles read
     (`ops_admin`: all); a personal account: the invitations and dissociations addressed to it. A
     task's events go with its process (then `visible_events`). Empty (`.empty`) for a caller who
     may read none."""
@@ -36,7 +36,7 @@ def event_scope(principal: Principal) -> EventScope:
     if access.is_partner_scoped(principal):
         if access.sees_own_partner(principal):
             scope = replace(scope, partner_id=principal.partner_id)
-        if Role.distributor in roles:
+        if access.sees_addressed(principal):
             scope = replace(scope, addressed_partner_id=principal.partner_id)
     else:
         kinds = {k for k, readers in access.PROCESS_READERS.items() if roles & readers}

@@ -636,7 +636,8 @@ async def test_r_x_8_every_subscriber_receives_by_webhook_exactly_what_its_feed_
     """For an item of every process of the registry (tests/test_r_x_8_tenant_isolation.py's
     world), moved on (the distributor approves the reseller's application, the owner withdraws
     its PO), and every kind of subscriber — the owner partner, the reseller that applied, the
-    distributor the application is addressed to, another partner, another distributor, ops —
+    distributor the application is addressed to (its reviewer, and its admin without the
+    `distributor` role), another partner, another distributor, ops —
     the events delivered to its webhook are exactly the ones its GET /v1/events shows: one rule
     (`store.feed_access`). The example: a distributor's webhook receives the application
     addressed to it, and the review task offered to it."""
@@ -649,6 +650,10 @@ async def test_r_x_8_every_subscriber_receives_by_webhook_exactly_what_its_feed_
         "reseller": stack.auth(f"u-p-res-{tag}", ["partner_admin"], f"p-res-{tag}"),
         "addressed distributor": stack.auth(
             f"da-{tag}", ["partner_admin", "distributor"], f"p-dist-{tag}"
+        ),
+        # the attack's example: the distributor's admin without the `distributor` role
+        "addressed distributor's admin": stack.auth(
+            f"dadm-{tag}", ["partner_admin"], f"p-dist-{tag}"
         ),
         "other partner": stack.auth(f"u-p-oth-{tag}", ["partner_admin"], f"p-oth-{tag}"),
         "other distributor": stack.auth(
@@ -706,6 +711,9 @@ async def test_r_x_8_every_subscriber_receives_by_webhook_exactly_what_its_feed_
     assert ("reseller_application", "reseller_application.approved") in at["addressed distributor"]
     assert ("reseller_application", "task.opened") in at["addressed distributor"]
     assert {p for p, _ in at["addressed distributor"]} == {"reseller_application"}
+    admin = at["addressed distributor's admin"]
+    assert ("reseller_application", "reseller_application.approved") in admin
+    assert {p for p, _ in admin} == {"reseller_application"}
     assert at["other partner"] == set() and at["other distributor"] == set()
     assert {p for p, _ in at["ops"]} == {w.process for w in ALL_WORKFLOWS}  # type: ignore[attr-defined]
     assert ("opportunity", "opportunity.cancelled") in at["owner"]
