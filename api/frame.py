@@ -5,9 +5,12 @@ It gives every route, once:
 - for POST and PATCH, exact idempotency (R-X-6, `api.idempotency`): the `Idempotency-Key`
   header is declared, the record is taken before the handler runs and completed with the
   handler's answer; the handler sees it as `Idem` (`api.deps`);
-- for a body whose fields are all optional (POST, PATCH, PUT), no body at all is the empty object
+- for a POST or PATCH body whose fields are all optional, no body at all is the empty object
   (DESIGN §3: "a POST whose body fields are all optional accepts no body"), and the OpenAPI
-  says so (`requestBody.required: false`, `api.openapi`).
+  says so (`requestBody.required: false`, `api.openapi`). A PUT replaces what it names, so it
+  always needs its body: a missing one is 422, never a replacement by the defaults;
+- a POST, PATCH or PUT without a body model takes no body: anything but nothing or `{}` is
+  422 `PF.VALIDATION_FAILED` (a field sent there would be silently ignored otherwise).
 
 So a handler is: parse (its body model), authorize (`CurrentUser` + a check), one call
 (`Processes`, the process gateway), map the result; it refuses by raising `ApiError`.
@@ -16,6 +19,7 @@ So a handler is: parse (its body model), authorize (`CurrentUser` + a check), on
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from types import UnionType
@@ -47,6 +51,7 @@ from api.idempotency import (
 )
 
 COMMAND_METHODS = frozenset({"POST", "PATCH"})
+BODY_METHODS = frozenset({"POST", "PATCH", "PUT"})
 # An attempt holds its key at most the update timeout plus this (the handler's own bound plus
 # the fall-back's grace and store work); a record still in flight after that belongs to an API
 # process that died, and a retry takes it over.
@@ -74,13 +79,36 @@ def body_models(route: APIRoute) -> list[type[BaseModel]]:
 
 
 def optional_body_model(route: APIRoute) -> bool:
-    """Whether the route's body is one model whose fields are all optional: then no body at all
-    is the empty object (DESIGN §3), and the OpenAPI says `requestBody.required: false`
-    (`api.openapi`)."""
+    """Whether the route is a POST or PATCH whose body is one model with only optional fields:
+    then no body at all is the empty object (DESIGN §3), and the OpenAPI says
+    `requestBody.required: false` (`api.openapi`). Never a PUT: it replaces what it names."""
     models = body_models(route)
-    return bool(models) and all(
-        not f.is_required() for m in models for f in m.model_fields.values()
+    return (
+        bool(models)
+        and bool((route.methods or set()) & COMMAND_METHODS)
+        and all(not f.is_required() for m in models for f in m.model_fields.values())
     )
+
+
+def takes_no_body(route: APIRoute) -> bool:
+    """Whether the route is a POST, PATCH or PUT with no body parameter at all (claim, accept,
+    rotate-secret, …): it refuses any body but nothing or `{}`."""
+    return route.body_field is None and bool((route.methods or set()) & BODY_METHODS)
+
+
+_EMPTY_OBJECT = re.compile(rb"\{\s*\}")
+
+
+def _refuse_a_body(body: bytes) -> None:
+    """422 PF.VALIDATION_FAILED unless `body` is nothing or the empty JSON object."""
+    # matched, not parsed: a hostile body (deep JSON, megabytes) costs one linear scan here
+    text = body.strip()
+    if text and not _EMPTY_OBJECT.fullmatch(text):
+        raise ApiError(
+            "PF.VALIDATION_FAILED",
+            "this route takes no body",
+            [{"loc": ["body"], "msg": "no body is accepted here", "type": "extra_forbidden"}],
+        )
 
 
 def _with_body(request: Request, body: bytes) -> Request:
@@ -111,11 +139,14 @@ class CommandRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         is_command = bool((self.methods or set()) & COMMAND_METHODS)
-        empty_is_object = optional_body_model(self)  # any method with a body (PUT too)
-        if not is_command and not empty_is_object:
+        empty_is_object = optional_body_model(self)
+        no_body = takes_no_body(self)
+        if not is_command and not empty_is_object and not no_body:
             return handler
 
         async def framed(request: Request) -> Response:
+            if no_body:
+                _refuse_a_body(await request.body())
             if empty_is_object and not (await request.body()).strip():
                 request = _with_body(request, b"{}")
             if not is_command:

@@ -52,7 +52,7 @@ from api.routes.lists import RESOURCES
 from config import Settings
 from domain.errors import STATUS_BY_CODE
 from domain.principal import STAFF_ROLES
-from store.models import IdempotencyRecord
+from store.models import Account, IdempotencyRecord
 from tests.conftest import Stack
 from tests.helpers import po_body
 from tests.test_lists import seed
@@ -692,3 +692,94 @@ async def test_every_url_a_request_takes_refuses_credentials(stack: Stack) -> No
         "/v1/webhook-subscriptions", headers=identity_for(stack, "/v1/webhook-subscriptions")
     )
     assert all("@" not in s["url"] for s in listed.json()["items"]), listed.text
+
+
+# --- routes that take no body, and PUTs that need theirs ------------------------------------------
+
+
+def no_body_routes(app: Any) -> list[tuple[str, str, str]]:
+    """(operationId, method, path) of every POST/PATCH/PUT with no body parameter, from the
+    route table (claim, accept, rotate-secret, enable, …)."""
+    from api.openapi import operation_id
+
+    return sorted(
+        (operation_id(route), method.lower(), path)
+        for route, path in route_table(app.routes)
+        if route.body_field is None
+        for method in route.methods or ()
+        if method in {"POST", "PATCH", "PUT"}
+    )
+
+
+async def test_every_route_without_a_body_refuses_one_and_keeps_nothing(stack: Stack) -> None:
+    """The attack's finding: `POST /v1/webhook-subscriptions/{id}/rotate-secret` with
+    `{"x": 1}` rotated the secret, the field silently ignored, and so for every route that
+    takes no body. Each refuses any body but nothing or `{}` with 422 PF.VALIDATION_FAILED at
+    `body`, before anything happens; with an Idempotency-Key, no record is kept."""
+    values = await fill_paths(stack)
+    routes = no_body_routes(create_app(stack.settings))
+    assert {"rotateWebhookSecret", "claimTask", "acceptInvitation"} <= {r[0] for r in routes}
+    for name, method, path in routes:
+        url = concrete(path, values)
+        for body in ('{"x": 1}', "[]", "not json", '""'):
+            key = f"nobody-{uuid.uuid4().hex}"
+            headers = {
+                **identity_for(stack, path),
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+            }
+            r = await stack.http.request(method.upper(), url, content=body, headers=headers)
+            assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+            assert r.json()["details"][0]["loc"] == ["body"], (name, body, r.text)
+            assert not await idempotency_record(
+                stack, identity_sub(path), method, url, key
+            ), (name, body)
+        # nothing, or the empty object, is never refused for the body
+        for content in (b"", b"{}"):
+            r = await stack.http.request(
+                method.upper(), url, content=content, headers=identity_for(stack, path)
+            )
+            if r.status_code == 422:
+                assert ["body"] not in [e["loc"] for e in r.json()["details"] or []], (name, r.text)
+
+
+async def test_a_put_without_its_body_is_refused_and_replaces_nothing(stack: Stack) -> None:
+    """The attack's finding: `PUT /v1/admin/accounts/{id}` with no body answered 200 and
+    replaced the account by the defaults (its partner association gone). A PUT replaces what it
+    names, so every PUT needs its body (from the route table); the account is unchanged."""
+    ops = stack.auth("ops-1", ["ops_admin"])
+    account_id = f"acct-put-{uuid.uuid4().hex[:8]}"
+    saved = {"real_name_verified": True, "associated_partner_id": "p-acme", "site": "china"}
+    r = await stack.http.put(f"/v1/admin/accounts/{account_id}", json=saved, headers=ops)
+    assert r.status_code == 200, r.text
+    puts = [
+        path
+        for route, path in route_table(create_app(stack.settings).routes)
+        if "PUT" in (route.methods or ())
+    ]
+    assert len(puts) >= 3
+    for path in puts:
+        url = path.replace("{account_id}", account_id)
+        url = re.sub(r"\{[^}]+\}", f"put-{uuid.uuid4().hex[:6]}", url)
+        r = await stack.http.put(url, headers=ops)
+        assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+    r = await stack.http.put(f"/v1/admin/accounts/{account_id}", json=saved, headers=ops)
+    assert r.json()["associated_partner_id"] == "p-acme", r.text
+
+
+async def test_an_account_cannot_be_associated_with_a_partner_that_does_not_exist(
+    stack: Stack,
+) -> None:
+    """The attack's finding: `associated_partner_id: "p-nope"` was stored. 422 at the field,
+    and nothing written (the account stays unknown)."""
+    ops = stack.auth("ops-1", ["ops_admin"])
+    account_id = f"acct-nope-{uuid.uuid4().hex[:8]}"
+    r = await stack.http.put(
+        f"/v1/admin/accounts/{account_id}",
+        json={"real_name_verified": True, "associated_partner_id": "p-nope"},
+        headers=ops,
+    )
+    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+    assert r.json()["details"][0]["loc"] == ["body", "associated_partner_id"]
+    async with stack.sessions() as session:
+        assert await session.get(Account, account_id) is None

@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import CurrentUser, require_roles
 from api.deps import SessionsDep
+from api.errors import ApiError
 from api.frame import command_router
 from domain.principal import Principal, Role
 from store.models import Account, AuditEvent, Offering, Partner, RoutingRule, utcnow
@@ -162,6 +163,19 @@ async def put_account(
 ) -> Any:
     require_roles(principal, Role.ops_admin)
     async with sessions() as session, session.begin():
+        partner_id = body.associated_partner_id
+        if partner_id is not None and await session.get(Partner, partner_id) is None:
+            raise ApiError(
+                "PF.VALIDATION_FAILED",
+                f"associated_partner_id names no registered partner: {partner_id}",
+                [
+                    {
+                        "loc": ["body", "associated_partner_id"],
+                        "msg": "no such partner",
+                        "type": "value_error",
+                    }
+                ],
+            )
         row = await session.get(Account, account_id) or Account(id=account_id)
         for field, value in body.model_dump().items():
             setattr(row, field, value)
