@@ -72,6 +72,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # `/v1/opportunities/` is no route: a 404 in the envelope, not an empty 307 to follow
+        redirect_slashes=False,
     )
     install_error_handlers(app)
 

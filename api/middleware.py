@@ -87,7 +87,8 @@ class GuardMiddleware:
     their rate with 429 + Retry-After (keyed by the bearer's verified `sub`, else the client
     address, so rotating invalid tokens does not escape it), bodies over `max_body_bytes`
     with 413 — whether announced by Content-Length or streamed chunked —, a single-valued
-    header sent twice with 400 (`repeated_single_headers`) and control characters with 422;
+    header sent twice or a query parameter named twice with 400 (`repeated_single_headers`,
+    `repeated_query_parameters`) and control characters with 422;
     records request metrics. Every refusal is in the error envelope, before any handler runs."""
 
     def __init__(
@@ -122,6 +123,8 @@ class GuardMiddleware:
             rejection = await self._reject(scope)
             if rejection is None:
                 rejection = repeated_single_headers(scope)
+            if rejection is None:
+                rejection = repeated_query_parameters(scope)
             if rejection is None:
                 rejection = control_characters_in_url(scope)
             if rejection is None:
@@ -225,6 +228,28 @@ def repeated_single_headers(scope: Scope) -> Any:
         f"{', '.join(repeated)} must be sent once",
         [
             {"loc": ["header", name], "msg": "sent more than once", "type": "repeated_header"}
+            for name in repeated
+        ],
+    )
+
+
+def repeated_query_parameters(scope: Scope) -> Any:
+    """The refusal (400 PF.BAD_REQUEST, naming the parameters) of a query string that names a
+    parameter more than once (`?status=approved&status=returned`): every query parameter of the
+    API takes one value, and reading only the last one would answer another question than the
+    caller asked. None otherwise."""
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    counts: dict[str, int] = {}
+    for name, _ in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        counts[name] = counts.get(name, 0) + 1
+    repeated = sorted(name for name, n in counts.items() if n > 1)
+    if not repeated:
+        return None
+    return envelope(
+        "PF.BAD_REQUEST",
+        f"query parameter {', '.join(repeated)} must be sent once",
+        [
+            {"loc": ["query", name], "msg": "sent more than once", "type": "repeated_parameter"}
             for name in repeated
         ],
     )

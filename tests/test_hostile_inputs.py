@@ -783,3 +783,47 @@ async def test_an_account_cannot_be_associated_with_a_partner_that_does_not_exis
     assert r.json()["details"][0]["loc"] == ["body", "associated_partner_id"]
     async with stack.sessions() as session:
         assert await session.get(Account, account_id) is None
+
+
+# --- a query parameter named twice, a path with a trailing slash ---------------------------------
+
+
+async def test_every_query_parameter_named_twice_is_refused(stack: Stack) -> None:
+    """The attack's finding: `?status=approved&status=returned` listed only the returned POs
+    (the last value read, the first dropped). Every query parameter of every operation, from
+    the OpenAPI, takes one value: named twice, 400 PF.BAD_REQUEST at that parameter."""
+    spec = spec_of(stack)
+    values = await fill_paths(stack)
+    checked = 0
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for param in query_params(op):
+                name = param["name"]
+                r = await stack.http.request(
+                    method.upper(),
+                    concrete(path, values),
+                    params=[(name, "a"), (name, "b")],
+                    headers=identity_for(stack, path),
+                )
+                assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+                assert r.json()["details"][0]["loc"] == ["query", name], (path, name, r.text)
+                checked += 1
+    assert checked > 30
+    acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
+    r = await stack.http.get("/v1/opportunities?status=approved&status=returned", headers=acme)
+    assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+
+
+async def test_every_path_with_a_trailing_slash_is_a_404_in_the_envelope(stack: Stack) -> None:
+    """The attack's finding: `/v1/opportunities/` answered an empty 307. No route ends in a
+    slash: each one with one added (from the route table) is 404 in the envelope."""
+    values = await fill_paths(stack)
+    checked = 0
+    for route, path in route_table(create_app(stack.settings).routes):
+        for method in route.methods or ():
+            r = await stack.http.request(
+                method, concrete(path, values) + "/", headers=identity_for(stack, path)
+            )
+            assert_envelope(r, status=404)
+            checked += 1
+    assert checked > 40
