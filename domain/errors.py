@@ -48,6 +48,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PF.REQUEST_EXPIRED": 503,
     # claims on tasks offered to a role (POST /v1/tasks/{id}/claim, /unclaim)
     "PF.TASK_CLAIMED": 409,
+    "PF.TASK_ALREADY_ASSIGNED": 409,  # reassigned to the person who holds it already
     "PF.TASK_NOT_CLAIMED": 409,
     "PF.TASK_NOT_CLAIMABLE": 409,  # the process saw it after the API stopped waiting: retry
     # opportunities

@@ -43,3 +43,33 @@ def test_r_x_5_reassigning_to_the_submitter_is_refused_in_every_process(
             task, ReassignTask(actor=lead, task_id=task.id, assignee="u-acme-1")
         )
     assert refused.value.type == "PF.ASSIGNEE_NOT_ELIGIBLE"
+
+
+def test_reassigning_a_task_to_its_holder_is_refused_in_every_process_and_kind() -> None:
+    """The attack's finding: a review reassigned to the PDM who held it answered 200 and wrote
+    `task_reassigned {"from": "pdm-li", "to": "pdm-li"}`. For every task kind of every process
+    in the registry, the `reassign_task` validator refuses it with PF.TASK_ALREADY_ASSIGNED."""
+    checked = []
+    for workflow_class in ALL_WORKFLOWS:
+        assert issubclass(workflow_class, ProcessWorkflow)
+        process = object.__new__(workflow_class)
+        for kind_name, kind in workflow_class.task_kinds.items():
+            task = HumanTask(
+                id="x.1",
+                kind=kind_name,
+                process="x",
+                process_id="x",
+                partner_id="p-acme",
+                assignee="reviewer-1",
+                created_at=datetime.now(UTC),
+                submitted_by="u-acme-1",
+            )
+            process.tasks = {task.id: task}
+            lead = Principal(sub="lead-1", roles=sorted(kind.reassign_roles))
+            cmd = ReassignTask(actor=lead, task_id=task.id, assignee="reviewer-1")
+            with pytest.raises(ApplicationError) as refused:
+                process.check_reassign(cmd)
+            assert refused.value.type == "PF.TASK_ALREADY_ASSIGNED", (kind_name, refused.value)
+            checked.append(kind_name)
+    # among them the task kinds of DESIGN §3
+    assert {"po.dispatch", "po.review", "cert.review", "inc.payout", "res.review"} <= set(checked)

@@ -391,6 +391,13 @@ class ProcessWorkflow:
         task = self.tasks.get(cmd.task_id)
         check_reassign(task, self._kind_of(task), cmd)
         assert task is not None
+        # validator only (never re-run by `recheck_reassign`, so replays of older runs that
+        # moved a task to its own holder are unchanged): a move to the holder changes nothing
+        if task.assignee == cmd.assignee and task.claimed_by is None:
+            refuse(
+                "PF.TASK_ALREADY_ASSIGNED",
+                f"task {task.id} is already assigned to {cmd.assignee}",
+            )
         self.check_reassign_target(task, cmd)
 
     def recheck_reassign(self, cmd: ReassignTask) -> None:
