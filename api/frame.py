@@ -144,14 +144,19 @@ class CommandRoute(APIRoute):
         if not is_command and not empty_is_object and not no_body:
             return handler
 
+        async def bodiless(request: Request) -> Response:
+            _refuse_a_body(await request.body())
+            return await handler(request)
+
+        # inside idempotency, as any refusal: a replay answers first, a refusal releases the key
+        inner = bodiless if no_body else handler
+
         async def framed(request: Request) -> Response:
-            if no_body:
-                _refuse_a_body(await request.body())
             if empty_is_object and not (await request.body()).strip():
                 request = _with_body(request, b"{}")
             if not is_command:
-                return await handler(request)
-            return await run_idempotent(request, handler)
+                return await inner(request)
+            return await run_idempotent(request, inner)
 
         return framed
 
