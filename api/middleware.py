@@ -3,6 +3,7 @@ request ids."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
@@ -217,20 +218,9 @@ SINGLE_VALUED_HEADERS: tuple[str, ...] = (
 def repeated_single_headers(scope: Scope) -> Any:
     """The refusal (400 PF.BAD_REQUEST, naming the headers) of a request that sends a
     single-valued header (`SINGLE_VALUED_HEADERS`) on more than one line; None otherwise."""
-    seen: dict[bytes, int] = {}
-    for name, _ in scope.get("headers") or []:
-        seen[name.lower()] = seen.get(name.lower(), 0) + 1
-    repeated = [h for h in SINGLE_VALUED_HEADERS if seen.get(h.encode(), 0) > 1]
-    if not repeated:
-        return None
-    return envelope(
-        "PF.BAD_REQUEST",
-        f"{', '.join(repeated)} must be sent once",
-        [
-            {"loc": ["header", name], "msg": "sent more than once", "type": "repeated_header"}
-            for name in repeated
-        ],
-    )
+    seen = collections.Counter(name.lower() for name, _ in scope.get("headers") or [])
+    repeated = [h for h in SINGLE_VALUED_HEADERS if seen[h.encode()] > 1]
+    return _sent_more_than_once("header", repeated, what="", kind="repeated_header")
 
 
 def repeated_query_parameters(scope: Scope) -> Any:
@@ -239,19 +229,22 @@ def repeated_query_parameters(scope: Scope) -> Any:
     API takes one value, and reading only the last one would answer another question than the
     caller asked. None otherwise."""
     query = (scope.get("query_string") or b"").decode("latin-1")
-    counts: dict[str, int] = {}
-    for name, _ in parse_qsl(query, keep_blank_values=True, errors="replace"):
-        counts[name] = counts.get(name, 0) + 1
+    counts = collections.Counter(
+        n for n, _ in parse_qsl(query, keep_blank_values=True, errors="replace")
+    )
     repeated = sorted(name for name, n in counts.items() if n > 1)
-    if not repeated:
+    return _sent_more_than_once(
+        "query", repeated, what="query parameter ", kind="repeated_parameter"
+    )
+
+
+def _sent_more_than_once(where: str, names: list[str], *, what: str, kind: str) -> Any:
+    if not names:
         return None
     return envelope(
         "PF.BAD_REQUEST",
-        f"query parameter {', '.join(repeated)} must be sent once",
-        [
-            {"loc": ["query", name], "msg": "sent more than once", "type": "repeated_parameter"}
-            for name in repeated
-        ],
+        f"{what}{', '.join(names)} must be sent once",
+        [{"loc": [where, name], "msg": "sent more than once", "type": kind} for name in names],
     )
 
 

@@ -20,16 +20,11 @@ from workflows import ALL_WORKFLOWS
 from workflows.human_task import ProcessWorkflow
 
 
-@pytest.mark.parametrize("workflow_class", ALL_WORKFLOWS, ids=lambda c: c.__name__)
-def test_r_x_5_reassigning_to_the_submitter_is_refused_in_every_process(
-    workflow_class: type,
-) -> None:
-    assert issubclass(workflow_class, ProcessWorkflow)
-    # The check is pure: it needs the task, not a running workflow.
-    process = object.__new__(workflow_class)
-    task = HumanTask(
+def held_task(kind: str) -> HumanTask:
+    """An open task of `kind` held by reviewer-1, on an item u-acme-1 of p-acme submitted."""
+    return HumanTask(
         id="x.1",
-        kind="any",
+        kind=kind,
         process="x",
         process_id="x",
         partner_id="p-acme",
@@ -37,6 +32,16 @@ def test_r_x_5_reassigning_to_the_submitter_is_refused_in_every_process(
         created_at=datetime.now(UTC),
         submitted_by="u-acme-1",
     )
+
+
+@pytest.mark.parametrize("workflow_class", ALL_WORKFLOWS, ids=lambda c: c.__name__)
+def test_r_x_5_reassigning_to_the_submitter_is_refused_in_every_process(
+    workflow_class: type,
+) -> None:
+    assert issubclass(workflow_class, ProcessWorkflow)
+    # The check is pure: it needs the task, not a running workflow.
+    process = object.__new__(workflow_class)
+    task = held_task("any")
     lead = Principal(sub="lead-1", roles=[Role.ops_admin])
     with pytest.raises(ApplicationError) as refused:
         process.check_reassign_target(
@@ -54,16 +59,7 @@ def test_reassigning_a_task_to_its_holder_is_refused_in_every_process_and_kind()
         assert issubclass(workflow_class, ProcessWorkflow)
         process = object.__new__(workflow_class)
         for kind_name, kind in workflow_class.task_kinds.items():
-            task = HumanTask(
-                id="x.1",
-                kind=kind_name,
-                process="x",
-                process_id="x",
-                partner_id="p-acme",
-                assignee="reviewer-1",
-                created_at=datetime.now(UTC),
-                submitted_by="u-acme-1",
-            )
+            task = held_task(kind_name)
             process.tasks = {task.id: task}
             lead = Principal(sub="lead-1", roles=sorted(kind.reassign_roles))
             cmd = ReassignTask(actor=lead, task_id=task.id, assignee="reviewer-1")
