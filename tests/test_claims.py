@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -222,19 +223,28 @@ async def returned_po(stack: Stack, a: Actors, **overrides: Any) -> dict[str, An
     )
 
 
-async def test_r_po_4_r_po_7_a_resubmitted_po_takes_its_new_key_and_frees_the_old_one(
-    stack: Stack,
-) -> None:
-    a = Actors(stack)
+async def resubmitted_onto_another_open_po(
+    stack: Stack, a: Actors
+) -> tuple[dict[str, Any], dict[str, Any], httpx.Response]:
+    """A returned PO of p-acme resubmitted onto the (customer, project) of another open PO of
+    p-acme: (the returned PO, the other, the 409 answer)."""
     po = await returned_po(stack, a)
     other = await submit(stack.http, a.acme)
-    # the new (customer, project) is another open PO's: refused, nothing written
     r = await stack.http.post(
         f"/v1/opportunities/{po['id']}/resubmit",
         json=edited(po, customer_name=other["customer_name"], project_name=other["project_name"]),
         headers=a.acme,
     )
     assert r.status_code == 409, r.text
+    return po, other, r
+
+
+async def test_r_po_4_r_po_7_a_resubmitted_po_takes_its_new_key_and_frees_the_old_one(
+    stack: Stack,
+) -> None:
+    a = Actors(stack)
+    po, other, r = await resubmitted_onto_another_open_po(stack, a)
+    # the new (customer, project) is another open PO's: refused, nothing written
     assert r.json()["error_code"] == "PF.OPPORTUNITY_EXISTS"
     assert r.json()["details"]["existing_id"] == other["id"]
     assert (await get_po(stack.http, a.acme, po["id"]))["status"] == "returned"
@@ -359,14 +369,7 @@ async def test_r_po_4_open_claim_follows_history_replays(stack: Stack) -> None:
     if stack.db != "sqlite":
         pytest.skip("one recording is enough; the workflow code does not depend on the store")
     a = Actors(stack)
-    po = await returned_po(stack, a)
-    other = await submit(stack.http, a.acme)
-    r = await stack.http.post(
-        f"/v1/opportunities/{po['id']}/resubmit",
-        json=edited(po, customer_name=other["customer_name"], project_name=other["project_name"]),
-        headers=a.acme,
-    )
-    assert r.status_code == 409, r.text
+    po, _, _ = await resubmitted_onto_another_open_po(stack, a)
     fresh = po_body()
     r = await stack.http.post(
         f"/v1/opportunities/{po['id']}/resubmit",
