@@ -86,13 +86,15 @@ def _refused_address(address: str) -> str | None:
 
 async def check_webhook_url(
     url: str, *, production: bool, resolve: Resolver = resolve_host
-) -> None:
+) -> list[str]:
     """The webhook URL policy. Outside development: `https` only, and the host must resolve, with
     every address it resolves to public (no loopback, private, link-local, multicast, reserved:
     the service must not be made to call into its own network). In development anything
     `http(s)` goes (tests and `make run` use local receivers).
 
-    Raises WebhookUrlRefused (the API answers 422 PF.WEBHOOK_URL_REFUSED)."""
+    Returns the addresses it checked (none in development), for the sender to connect to
+    exactly those (`pinned`). Raises WebhookUrlRefused (the API answers 422
+    PF.WEBHOOK_URL_REFUSED)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     allowed = ("https",) if production else ("https", "http")
@@ -105,7 +107,7 @@ async def check_webhook_url(
     if not host:
         raise WebhookUrlRefused("the URL has no host")
     if not production:
-        return
+        return []
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
@@ -119,6 +121,24 @@ async def check_webhook_url(
         why = _refused_address(address)
         if why is not None:
             raise WebhookUrlRefused(f"the host {host} resolves to a {why} address ({address})")
+    return addresses
+
+
+def pinned(url: str, addresses: Sequence[str]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The request that reaches `url` at the first of the `addresses` just checked, so DNS
+    asked again by the HTTP client cannot send it elsewhere (DNS rebinding): (the URL with that
+    address as its host, the `host` header, the TLS `sni_hostname` extension — the certificate
+    is still verified against the URL's host name). No addresses (development): `url` as is."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not addresses or host is None:
+        return url, {}, {}
+    address = addresses[0].split("%", 1)[0]
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    host_header = f"{host}:{parts.port}" if parts.port else host
+    target = parts._replace(netloc=netloc).geturl()
+    return target, {"host": host_header}, {"sni_hostname": host}
 
 
 def sign(secrets: Sequence[str], *, msg_id: str, timestamp: Any, body: str) -> str:
@@ -137,6 +157,7 @@ class WebhookSender:
         *,
         production: bool,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolve: Resolver = resolve_host,
     ) -> None:
         if config.claim_lease_seconds <= config.timeout_seconds:
             raise ValueError("webhooks.claim_lease_seconds must be longer than timeout_seconds")
@@ -144,6 +165,7 @@ class WebhookSender:
         self._config = config
         self._production = production
         self._transport = transport
+        self._resolve = resolve
 
     @classmethod
     def from_settings(
@@ -250,20 +272,26 @@ class WebhookSender:
         status_code: int | None = None
         error: str | None = None
         try:
-            # again at send time: DNS may answer differently than when the URL was accepted
-            await check_webhook_url(sub.url, production=self._production)
+            # again at send time: DNS may answer differently than when the URL was accepted;
+            # and the request goes to the very addresses checked (`pinned`)
+            addresses = await check_webhook_url(
+                sub.url, production=self._production, resolve=self._resolve
+            )
+            url, host, extensions = pinned(sub.url, addresses)
             secrets = signing_secrets(
                 sub.secret, sub.previous_secret, sub.previous_secret_expires_at, now
             )
             response = await client.post(
-                sub.url,
+                url,
                 content=body.encode(),
                 headers={
+                    **host,
                     "content-type": "application/json",
                     "webhook-id": msg_id,
                     "webhook-timestamp": str(int(now.timestamp())),
                     "webhook-signature": sign(secrets, msg_id=msg_id, timestamp=now, body=body),
                 },
+                extensions=extensions,
             )
             status_code = response.status_code
             if not 200 <= status_code < 300:

@@ -480,6 +480,72 @@ async def test_production_api_answers_422_webhook_url_refused(stack: Stack) -> N
         await api.stop()
 
 
+async def test_production_sends_to_the_address_it_checked_and_refuses_a_rebound_name(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """DNS rebinding (the attack's note): the URL check and the HTTP client resolved the name
+    separately, so a name that answered a public address to the check could answer a private
+    one to the client. The sender now checks at send time and connects to exactly the address
+    it checked (`pinned`): the request goes to that IP with the name in `host` and as the TLS
+    SNI (the certificate is verified against it). When the name rebinds to a private address,
+    nothing is sent and the attempt fails naming it."""
+    answers = {"hooks.example.com": ["93.184.215.14"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    seen: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    async with transaction(sessions) as session:
+        sub = await create_subscription(
+            session,
+            partner_id="p-acme",
+            url="https://hooks.example.com:8443/partnerflow?x=1",
+            event_types=["opportunity.*"],
+            created_by="u-acme-1",
+            subscriber_roles=["partner_admin"],
+        )
+    config = Webhooks(batch_size=5, base_backoff_seconds=0.1, max_backoff_seconds=0.5)
+    sender = WebhookSender(
+        sessions,
+        config,
+        production=True,
+        transport=httpx.MockTransport(receive),
+        resolve=resolve,
+    )
+    await apply(sessions, transition("po-pin-1", 1, "submitted"))
+
+    async def sent() -> bool:
+        await sender.run_once()
+        return bool(seen)
+
+    await eventually(sent, what="the delivery to the checked address")
+    [request] = seen
+    assert str(request.url) == "https://93.184.215.14:8443/partnerflow?x=1"
+    assert request.headers["host"] == "hooks.example.com:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"
+
+    answers["hooks.example.com"] = ["10.0.0.7"]  # the name rebinds to a private address
+    await apply(sessions, transition("po-pin-2", 1, "submitted"))
+
+    async def refused() -> bool:
+        await sender.run_once()
+        async with sessions() as session:
+            rows = (
+                await session.exec(
+                    select(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id)
+                )
+            ).all()
+        return any("10.0.0.7" in (r.last_error or "") for r in rows)
+
+    await eventually(refused, what="the rebound name refused at send time")
+    assert len(seen) == 1  # nothing reached the private address
+
+
 # --- the sender on its own: restarts, two workers, a crash after the answer -------------------
 
 
