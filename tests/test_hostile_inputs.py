@@ -123,6 +123,14 @@ def query_params(op: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in op.get("parameters", []) if p["in"] == "query"]
 
 
+def query_parameters(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, method, parameter) of every query parameter of every operation in the OpenAPI."""
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for param in query_params(op):
+                yield path, method, param
+
+
 def alternatives(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return list(schema.get("anyOf", [schema]))
 
@@ -168,21 +176,19 @@ async def test_every_date_time_query_parameter_refuses_a_time_out_of_range_in_ut
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            for param in query_params(op):
-                formats = {s.get("format") for s in alternatives(param["schema"])}
-                if "date-time" not in formats:
-                    continue
-                for text in OUT_OF_RANGE_TIMES:
-                    r = await stack.http.request(
-                        method.upper(),
-                        concrete(path, values),
-                        params={param["name"]: text},
-                        headers=identity_for(stack, path),
-                    )
-                    assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
-                checked.append((path, param["name"]))
+    for path, method, param in query_parameters(spec):
+        formats = {s.get("format") for s in alternatives(param["schema"])}
+        if "date-time" not in formats:
+            continue
+        for text in OUT_OF_RANGE_TIMES:
+            r = await stack.http.request(
+                method.upper(),
+                concrete(path, values),
+                params={param["name"]: text},
+                headers=identity_for(stack, path),
+            )
+            assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+        checked.append((path, param["name"]))
     # the seven lists' `updated_after` and the inbox's `due_before` are among them
     assert ("/v1/tasks", "due_before") in checked
     assert {p for p, n in checked if n == "updated_after"} >= {f"/v1/{r.path}" for r in RESOURCES}
@@ -195,26 +201,24 @@ async def test_every_cursor_parameter_refuses_hostile_cursors_with_400(stack: St
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            for param in query_params(op):
-                if param["name"] not in ("cursor", "after"):
-                    continue
-                max_length = min(
-                    (s["maxLength"] for s in alternatives(param["schema"]) if "maxLength" in s),
-                    default=10**6,
-                )
-                for cursor in HOSTILE_CURSORS:
-                    if len(cursor) > max_length:
-                        continue  # refused by the schema (422), not by the decoder
-                    r = await stack.http.request(
-                        method.upper(),
-                        concrete(path, values),
-                        params={param["name"]: cursor},
-                        headers=identity_for(stack, path),
-                    )
-                    assert_envelope(r, status=400, code="PF.BAD_REQUEST")
-                checked.append(path)
+    for path, method, param in query_parameters(spec):
+        if param["name"] not in ("cursor", "after"):
+            continue
+        max_length = min(
+            (s["maxLength"] for s in alternatives(param["schema"]) if "maxLength" in s),
+            default=10**6,
+        )
+        for cursor in HOSTILE_CURSORS:
+            if len(cursor) > max_length:
+                continue  # refused by the schema (422), not by the decoder
+            r = await stack.http.request(
+                method.upper(),
+                concrete(path, values),
+                params={param["name"]: cursor},
+                headers=identity_for(stack, path),
+            )
+            assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+        checked.append(path)
     assert "/v1/events" in checked
     assert "/v1/opportunities/{item_id}/comments" in checked
     assert "/v1/webhook-subscriptions/{subscription_id}/deliveries" in checked
@@ -321,20 +325,18 @@ async def test_every_string_query_parameter_and_the_path_refuse_control_characte
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = 0
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            for param in query_params(op):
-                kinds = {(s.get("type"), s.get("format")) for s in alternatives(param["schema"])}
-                if ("string", None) not in kinds or "enum" in str(param["schema"]):
-                    continue
-                r = await stack.http.request(
-                    method.upper(),
-                    concrete(path, values),
-                    params={param["name"]: "a\u0000b"},
-                    headers=identity_for(stack, path),
-                )
-                assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
-                checked += 1
+    for path, method, param in query_parameters(spec):
+        kinds = {(s.get("type"), s.get("format")) for s in alternatives(param["schema"])}
+        if ("string", None) not in kinds or "enum" in str(param["schema"]):
+            continue
+        r = await stack.http.request(
+            method.upper(),
+            concrete(path, values),
+            params={param["name"]: "a\u0000b"},
+            headers=identity_for(stack, path),
+        )
+        assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
+        checked += 1
     assert checked >= 10
     r = await stack.http.get("/v1/opportunities/a%00b", headers=identity_for(stack, "/"))
     assert_envelope(r, status=422, code="PF.VALIDATION_FAILED")
@@ -489,17 +491,15 @@ async def test_every_query_parameter_refuses_an_empty_value(stack: Stack) -> Non
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            for param in query_params(op):
-                r = await stack.http.request(
-                    method.upper(),
-                    concrete(path, values),
-                    params={param["name"]: ""},
-                    headers=identity_for(stack, path),
-                )
-                assert_envelope(r)
-                checked.append((path, param["name"]))
+    for path, method, param in query_parameters(spec):
+        r = await stack.http.request(
+            method.upper(),
+            concrete(path, values),
+            params={param["name"]: ""},
+            headers=identity_for(stack, path),
+        )
+        assert_envelope(r)
+        checked.append((path, param["name"]))
     assert ("/v1/tasks", "process_id") in checked
     assert {
         ("/v1/opportunities", n) for n in ("status", "q", "partner_id", "updated_after")
@@ -795,19 +795,17 @@ async def test_every_query_parameter_named_twice_is_refused(stack: Stack) -> Non
     spec = spec_of(stack)
     values = await fill_paths(stack)
     checked = 0
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            for param in query_params(op):
-                name = param["name"]
-                r = await stack.http.request(
-                    method.upper(),
-                    concrete(path, values),
-                    params=[(name, "a"), (name, "b")],
-                    headers=identity_for(stack, path),
-                )
-                assert_envelope(r, status=400, code="PF.BAD_REQUEST")
-                assert r.json()["details"][0]["loc"] == ["query", name], (path, name, r.text)
-                checked += 1
+    for path, method, param in query_parameters(spec):
+        name = param["name"]
+        r = await stack.http.request(
+            method.upper(),
+            concrete(path, values),
+            params=[(name, "a"), (name, "b")],
+            headers=identity_for(stack, path),
+        )
+        assert_envelope(r, status=400, code="PF.BAD_REQUEST")
+        assert r.json()["details"][0]["loc"] == ["query", name], (path, name, r.text)
+        checked += 1
     assert checked > 30
     acme = stack.auth("u-acme-1", ["partner_admin"], "p-acme")
     r = await stack.http.get("/v1/opportunities?status=approved&status=returned", headers=acme)
