@@ -33,7 +33,7 @@ async def _psms(session: AsyncSession, policy: Policy) -> set[str]:
 
 
 # capacity -> who holds it. Every `NamesPerson.directory` of every outcome data model is a key
-# here (tests/test_people_named.py checks it).
+# here (tests/test_completion_data.py checks it).
 DIRECTORIES: dict[str, Callable[[AsyncSession, Policy], Awaitable[set[str]]]] = {
     "pdm": _pdms,
     "psm": _psms,
