@@ -104,6 +104,12 @@ def principal_from_token(token: str, secret: str, *, leeway_seconds: float = 30.
 
 
 def current_user(request: Request) -> Principal:
+    """The caller of `request`, from its bearer token (`principal_from_token`), verified once per
+    request: the rate limiter, the idempotency frame and the route share it through
+    `request.state.principal`. Raises 401 PF.UNAUTHENTICATED."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -173,6 +173,8 @@ class GuardMiddleware:
                 principal = principal_from_token(
                     token.strip(), self.jwt_secret, leeway_seconds=self.jwt_leeway_seconds
                 )
+                # verified once per request: `api.auth.current_user` reads it from the state
+                scope.setdefault("state", {})["principal"] = principal
                 return f"sub:{principal.sub}"
             except ApiError:
                 pass
